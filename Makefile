@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install data demo test lint bench clean
 
 install: $(STAMP)
 
@@ -15,10 +15,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[dev,eval]"
 	touch $(STAMP)
 
-demo: install
+# Real data sets for tests, demo and benchmarks, into $PLAIT_DATA_DIR (see plait/eval/data_cache.py).
+data: install
+	$(PY) -m plait.eval.data_cache fetch
+
+demo: install data
 	$(PY) -m plait.train.demo
 
-test: install
+test: install data
 	$(PY) -m pytest -q tests
 
 lint: install
