@@ -201,7 +201,7 @@ def kan_hat_triton(
 
 
 def kan_hat(x: torch.Tensor, scale: torch.Tensor, knots: torch.Tensor, coeff: torch.Tensor) -> torch.Tensor:
-    """z = Σ_{i,k} c[i,k,:]·hat(s_i x_i − t[i,k]): the fused Triton kernel on CUDA, the reference elsewhere."""
+    """z = Σ_{i,k} c[i,k,:]·hat(s_i x_i − t[i,k]): fused Triton on CUDA, the reference elsewhere."""
     if x.is_cuda and triton is not None:
         return kan_hat_triton(x, scale, knots, coeff)
     return kan_hat_naive(x, scale, knots, coeff)

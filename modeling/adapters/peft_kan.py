@@ -9,8 +9,7 @@ registered). Everything else is plain PEFT:
 
     model = get_peft_model(model, KANConfig(kan="nera", r=8, lora_alpha=16, target_modules=[...]))
     model.print_trainable_parameters(); model.save_pretrained(dir)       # adapter only, safetensors
-    model = load_kan_adapter(base_model, dir)                              # = PeftModel.from_pretrained(
-                                                                            #   base, dir, config=KANConfig...)
+    model = load_kan_adapter(base_model, dir)   # PeftModel.from_pretrained(..., config=KANConfig...)
     with model.disable_adapter(): ...                                      # the base model
     model.add_adapter("b", KANConfig(...)); model.set_adapter("b")         # several adapters
     model.unload()                                                         # the base model back
@@ -130,8 +129,9 @@ class KANLinear(LoraLinear):
 
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
         raise ValueError(
-            "KAN adapters (NeRA, S-KAN) cannot be merged into the base weights: the adapter B·φ(x) is nonlinear "
-            "in x, so there is no weight delta. Keep the PeftModel, or call unload() to get the base model back."
+            "KAN adapters (NeRA, S-KAN) cannot be merged into the base weights: the adapter B·φ(x) is "
+            "nonlinear in x, so there is no weight delta. Keep the PeftModel, or call unload() to get the "
+            "base model back."
         )
 
     def get_delta_weight(self, adapter: str) -> torch.Tensor:

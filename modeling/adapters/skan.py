@@ -5,7 +5,8 @@ A node is an input feature i. Each node holds a pool of basis families, each wit
 learnably scaled input u_i = s_i·x_i:
 
 - `bspline`:   cubic B-splines on the uniform grid g_k = linspace(−range, range, K), spacing h
-               (the cardinal cubic B-spline B₃((u − g_k)/h); efficient-kan's Cox–de Boor basis on a uniform grid)
+               (the cardinal cubic B-spline B₃((u − g_k)/h): efficient-kan's Cox–de Boor basis on a
+               uniform grid)
 - `rbf`:       Gaussian RBFs exp(−((u − g_k)/h)²) (FastKAN)
 - `chebyshev`: T_k(tanh u), k = 0..K−1, by the three-term recurrence (ChebyKAN)
 - `wavelet`:   Mexican-hat wavelets (1 − v²)·exp(−v²/2), v = (u − g_k)/h (Wav-KAN)
@@ -121,7 +122,7 @@ class SKANPhi(nn.Module):
 
     @torch.no_grad()
     def prune(self) -> None:
-        """Phase 3: keep each node's highest-weight family's coefficients (times its weight) and drop the rest."""
+        """Phase 3: keep each node's top family's coefficients (times its weight), drop the rest."""
         w = self.weights()
         best = w.argmax(-1)
         nodes = torch.arange(best.numel(), device=best.device)

@@ -43,7 +43,7 @@ def _llama(_):
 
 def _minilm(_):
     model = AutoModelForSequenceClassification.from_pretrained(str(data_path("minilm-l6")), num_labels=2)
-    # A full-name regex (the last layer's FFN output.dense, not attention.output.dense), one layer to stay fast.
+    # A full-name regex (the last layer's FFN output.dense, not attention.output.dense); one layer: fast.
     return model.eval(), r".*layer\.5\.(attention\.self\.(query|value)|output\.dense)"
 
 
@@ -180,7 +180,7 @@ def test_skan_pool_has_four_families_with_distinct_bases():
     for i in range(len(values)):
         for j in range(i):
             assert not torch.allclose(values[i], values[j])
-    # Cubic B-splines on a uniform grid sum to 1 inside the grid; T_k(tanh u) by recurrence matches cos(k·acos).
+    # Cubic B-splines on a uniform grid sum to 1 inside it; T_k(tanh u) by recurrence is cos(k·acos(tanh u)).
     inner = skan_module.basis("bspline", torch.tensor([0.3]), torch.linspace(-6, 6, 13))
     torch.testing.assert_close(inner.sum(), torch.tensor(1.0))
     t = torch.tanh(u)
