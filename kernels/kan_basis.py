@@ -27,11 +27,7 @@ from __future__ import annotations
 
 import torch
 
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - triton ships with Linux torch wheels
-    triton = None
+from .backend import require_triton, tl, triton, use_triton
 
 
 def kan_hat_naive(
@@ -45,105 +41,103 @@ def kan_hat_naive(
     return z.to(x.dtype)
 
 
-if triton is not None:
-
-    @triton.jit
-    def _hat_fwd_kernel(
-        X, S, T, C, Z, N, D, R, K: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BR: tl.constexpr
-    ):
-        rn = tl.program_id(0) * BN + tl.arange(0, BN)
-        rr = tl.program_id(1) * BR + tl.arange(0, BR)
-        acc = tl.zeros([BN, BR], dtype=tl.float32)
-        for d0 in range(0, D, BD):
-            rd = d0 + tl.arange(0, BD)
-            dmask = rd < D
-            x = tl.load(X + rn[:, None] * D + rd[None, :], mask=(rn[:, None] < N) & dmask[None, :], other=0.0)
-            s = tl.load(S + rd, mask=dmask, other=0.0).to(tl.float32)
-            u = x.to(tl.float32) * s[None, :]
-            for k in range(K):
-                t = tl.load(T + rd * K + k, mask=dmask, other=0.0).to(tl.float32)
-                b = tl.maximum(1.0 - tl.abs(u - t[None, :]), 0.0)
-                c = tl.load(
-                    C + (rd[:, None] * K + k) * R + rr[None, :],
-                    mask=dmask[:, None] & (rr[None, :] < R),
-                    other=0.0,
-                )
-                acc += tl.dot(b, c.to(tl.float32))  # padded D lanes have c = 0
-        tl.store(
-            Z + rn[:, None] * R + rr[None, :],
-            acc.to(Z.dtype.element_ty),
-            mask=(rn[:, None] < N) & (rr[None, :] < R),
-        )
-
-    @triton.jit
-    def _hat_bwd_coeff_kernel(
-        X, S, T, G, DC, N, D, R, K: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BR: tl.constexpr
-    ):
-        rd = tl.program_id(0) * BD + tl.arange(0, BD)
-        rr = tl.program_id(1) * BR + tl.arange(0, BR)
-        k = tl.program_id(2)
+@triton.jit
+def _hat_fwd_kernel(
+    X, S, T, C, Z, N, D, R, K: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BR: tl.constexpr
+):
+    rn = tl.program_id(0) * BN + tl.arange(0, BN)
+    rr = tl.program_id(1) * BR + tl.arange(0, BR)
+    acc = tl.zeros([BN, BR], dtype=tl.float32)
+    for d0 in range(0, D, BD):
+        rd = d0 + tl.arange(0, BD)
         dmask = rd < D
+        x = tl.load(X + rn[:, None] * D + rd[None, :], mask=(rn[:, None] < N) & dmask[None, :], other=0.0)
         s = tl.load(S + rd, mask=dmask, other=0.0).to(tl.float32)
-        t = tl.load(T + rd * K + k, mask=dmask, other=0.0).to(tl.float32)
-        acc = tl.zeros([BD, BR], dtype=tl.float32)
-        for n0 in range(0, N, BN):
-            rn = n0 + tl.arange(0, BN)
-            nmask = rn < N
-            x = tl.load(X + rn[:, None] * D + rd[None, :], mask=nmask[:, None] & dmask[None, :], other=0.0)
-            b = tl.maximum(1.0 - tl.abs(x.to(tl.float32) * s[None, :] - t[None, :]), 0.0)
-            g = tl.load(G + rn[:, None] * R + rr[None, :], mask=nmask[:, None] & (rr[None, :] < R), other=0.0)
-            acc += tl.dot(tl.trans(b), g.to(tl.float32))  # padded N rows have g = 0
-        tl.store(DC + (rd[:, None] * K + k) * R + rr[None, :], acc, mask=dmask[:, None] & (rr[None, :] < R))
-
-    @triton.jit
-    def _hat_bwd_input_kernel(
-        X,
-        S,
-        T,
-        C,
-        G,
-        DX,
-        DS_PART,
-        DT_PART,
-        N,
-        D,
-        R,
-        K: tl.constexpr,
-        BN: tl.constexpr,
-        BD: tl.constexpr,
-        BR: tl.constexpr,
-    ):
-        pid_n = tl.program_id(0)
-        rn = pid_n * BN + tl.arange(0, BN)
-        rd = tl.program_id(1) * BD + tl.arange(0, BD)
-        nmask, dmask = rn < N, rd < D
-        mask = nmask[:, None] & dmask[None, :]
-        x = tl.load(X + rn[:, None] * D + rd[None, :], mask=mask, other=0.0).to(tl.float32)
-        s = tl.load(S + rd, mask=dmask, other=0.0).to(tl.float32)
-        u = x * s[None, :]
-        du = tl.zeros([BN, BD], dtype=tl.float32)
+        u = x.to(tl.float32) * s[None, :]
         for k in range(K):
             t = tl.load(T + rd * K + k, mask=dmask, other=0.0).to(tl.float32)
-            db = tl.zeros([BN, BD], dtype=tl.float32)
-            for r0 in range(0, R, BR):
-                rr = r0 + tl.arange(0, BR)
-                rmask = rr < R
-                g = tl.load(
-                    G + rn[:, None] * R + rr[None, :], mask=nmask[:, None] & rmask[None, :], other=0.0
-                )
-                c = tl.load(
-                    C + (rd[None, :] * K + k) * R + rr[:, None],
-                    mask=rmask[:, None] & dmask[None, :],
-                    other=0.0,
-                )
-                db += tl.dot(g.to(tl.float32), c.to(tl.float32))  # c loaded transposed: [BR, BD]
-            v = u - t[None, :]
-            slope = tl.where(tl.abs(v) < 1.0, tl.where(v > 0, -1.0, tl.where(v < 0, 1.0, 0.0)), 0.0)
-            contrib = tl.where(mask, db * slope, 0.0)
-            du += contrib
-            tl.store(DT_PART + pid_n * D * K + rd * K + k, -tl.sum(contrib, axis=0), mask=dmask)
-        tl.store(DX + rn[:, None] * D + rd[None, :], (du * s[None, :]).to(DX.dtype.element_ty), mask=mask)
-        tl.store(DS_PART + pid_n * D + rd, tl.sum(du * x, axis=0), mask=dmask)
+            b = tl.maximum(1.0 - tl.abs(u - t[None, :]), 0.0)
+            c = tl.load(
+                C + (rd[:, None] * K + k) * R + rr[None, :],
+                mask=dmask[:, None] & (rr[None, :] < R),
+                other=0.0,
+            )
+            acc += tl.dot(b, c.to(tl.float32))  # padded D lanes have c = 0
+    tl.store(
+        Z + rn[:, None] * R + rr[None, :],
+        acc.to(Z.dtype.element_ty),
+        mask=(rn[:, None] < N) & (rr[None, :] < R),
+    )
+
+
+@triton.jit
+def _hat_bwd_coeff_kernel(
+    X, S, T, G, DC, N, D, R, K: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BR: tl.constexpr
+):
+    rd = tl.program_id(0) * BD + tl.arange(0, BD)
+    rr = tl.program_id(1) * BR + tl.arange(0, BR)
+    k = tl.program_id(2)
+    dmask = rd < D
+    s = tl.load(S + rd, mask=dmask, other=0.0).to(tl.float32)
+    t = tl.load(T + rd * K + k, mask=dmask, other=0.0).to(tl.float32)
+    acc = tl.zeros([BD, BR], dtype=tl.float32)
+    for n0 in range(0, N, BN):
+        rn = n0 + tl.arange(0, BN)
+        nmask = rn < N
+        x = tl.load(X + rn[:, None] * D + rd[None, :], mask=nmask[:, None] & dmask[None, :], other=0.0)
+        b = tl.maximum(1.0 - tl.abs(x.to(tl.float32) * s[None, :] - t[None, :]), 0.0)
+        g = tl.load(G + rn[:, None] * R + rr[None, :], mask=nmask[:, None] & (rr[None, :] < R), other=0.0)
+        acc += tl.dot(tl.trans(b), g.to(tl.float32))  # padded N rows have g = 0
+    tl.store(DC + (rd[:, None] * K + k) * R + rr[None, :], acc, mask=dmask[:, None] & (rr[None, :] < R))
+
+
+@triton.jit
+def _hat_bwd_input_kernel(
+    X,
+    S,
+    T,
+    C,
+    G,
+    DX,
+    DS_PART,
+    DT_PART,
+    N,
+    D,
+    R,
+    K: tl.constexpr,
+    BN: tl.constexpr,
+    BD: tl.constexpr,
+    BR: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    rn = pid_n * BN + tl.arange(0, BN)
+    rd = tl.program_id(1) * BD + tl.arange(0, BD)
+    nmask, dmask = rn < N, rd < D
+    mask = nmask[:, None] & dmask[None, :]
+    x = tl.load(X + rn[:, None] * D + rd[None, :], mask=mask, other=0.0).to(tl.float32)
+    s = tl.load(S + rd, mask=dmask, other=0.0).to(tl.float32)
+    u = x * s[None, :]
+    du = tl.zeros([BN, BD], dtype=tl.float32)
+    for k in range(K):
+        t = tl.load(T + rd * K + k, mask=dmask, other=0.0).to(tl.float32)
+        db = tl.zeros([BN, BD], dtype=tl.float32)
+        for r0 in range(0, R, BR):
+            rr = r0 + tl.arange(0, BR)
+            rmask = rr < R
+            g = tl.load(G + rn[:, None] * R + rr[None, :], mask=nmask[:, None] & rmask[None, :], other=0.0)
+            c = tl.load(
+                C + (rd[None, :] * K + k) * R + rr[:, None],
+                mask=rmask[:, None] & dmask[None, :],
+                other=0.0,
+            )
+            db += tl.dot(g.to(tl.float32), c.to(tl.float32))  # c loaded transposed: [BR, BD]
+        v = u - t[None, :]
+        slope = tl.where(tl.abs(v) < 1.0, tl.where(v > 0, -1.0, tl.where(v < 0, 1.0, 0.0)), 0.0)
+        contrib = tl.where(mask, db * slope, 0.0)
+        du += contrib
+        tl.store(DT_PART + pid_n * D * K + rd * K + k, -tl.sum(contrib, axis=0), mask=dmask)
+    tl.store(DX + rn[:, None] * D + rd[None, :], (du * s[None, :]).to(DX.dtype.element_ty), mask=mask)
+    tl.store(DS_PART + pid_n * D + rd, tl.sum(du * x, axis=0), mask=dmask)
 
 
 def _blocks(d: int, r: int) -> tuple[int, int, int]:
@@ -197,12 +191,13 @@ class KanHatFunction(torch.autograd.Function):
 def kan_hat_triton(
     x: torch.Tensor, scale: torch.Tensor, knots: torch.Tensor, coeff: torch.Tensor
 ) -> torch.Tensor:
+    require_triton(x, "kan_hat_triton")
     return KanHatFunction.apply(x, scale, knots, coeff)
 
 
 def kan_hat(x: torch.Tensor, scale: torch.Tensor, knots: torch.Tensor, coeff: torch.Tensor) -> torch.Tensor:
     """z = Σ_{i,k} c[i,k,:]·hat(s_i x_i − t[i,k]): fused Triton on CUDA, the reference elsewhere."""
-    if x.is_cuda and triton is not None:
+    if use_triton(x):
         return kan_hat_triton(x, scale, knots, coeff)
     return kan_hat_naive(x, scale, knots, coeff)
 
