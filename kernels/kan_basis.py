@@ -17,7 +17,8 @@ x [N, D], s [D], t [D, K], c [D, K, R]. The basis tensor hat(·) is [N, D, K], K
       ∂L/∂x = s · ∂L/∂u,   ∂L/∂s = Σ_n x · ∂L/∂u,   ∂L/∂t[:, k] = −Σ_n db_k · b'_k
 
   The per-N-tile partial sums of ∂L/∂s and ∂L/∂t are reduced on the host in fp32.
-- `kan_hat`: the dispatcher: Triton on CUDA, the reference elsewhere.
+- `kan_hat`: the dispatcher: Triton on CUDA, the reference elsewhere (under autograd with activation
+  checkpointing, so the backward recomputes the basis tensor rather than keeping it).
 
 All arithmetic is fp32; the result has x's dtype. Gradients at the kinks (|u − t| ∈ {0, 1}) are 0, as
 PyTorch's abs/relu subgradients give.
@@ -26,6 +27,7 @@ PyTorch's abs/relu subgradients give.
 from __future__ import annotations
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from .backend import require_triton, tl, triton, use_triton
 
@@ -199,6 +201,9 @@ def kan_hat(x: torch.Tensor, scale: torch.Tensor, knots: torch.Tensor, coeff: to
     """z = Σ_{i,k} c[i,k,:]·hat(s_i x_i − t[i,k]): fused Triton on CUDA, the reference elsewhere."""
     if use_triton(x):
         return kan_hat_triton(x, scale, knots, coeff)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, scale, knots, coeff)):
+        # The reference keeps [N, D, K] basis tensors for its backward: recompute them there instead.
+        return checkpoint(kan_hat_naive, x, scale, knots, coeff, use_reentrant=False)
     return kan_hat_naive(x, scale, knots, coeff)
 
 

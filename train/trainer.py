@@ -86,10 +86,13 @@ def flops_per_token(model: torch.nn.Module, seq_len: int) -> float:
     config = model.config
     embedding = model.get_input_embeddings()
     n = sum(_numel(p) for p in model.parameters())
-    if not config.tie_word_embeddings:
+    if not getattr(config, "tie_word_embeddings", False):
         n -= sum(_numel(p) for p in embedding.parameters())
-    attention_layers = sum(1 for t in config.layer_types if t == "full_attention")
-    d_attn = config.num_attention_heads * config.head_dim
+    # Configs without layer_types / head_dim (BERT, fine-tuned any-transformers models): all attention.
+    layer_types = getattr(config, "layer_types", None) or ["full_attention"] * config.num_hidden_layers
+    attention_layers = sum(1 for t in layer_types if t == "full_attention")
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    d_attn = config.num_attention_heads * head_dim
     return 6.0 * n + 12.0 * attention_layers * d_attn * seq_len
 
 
@@ -379,16 +382,22 @@ def run(recipe: Recipe, callbacks: list[TrainerCallback] | None = None) -> RunRe
         shutil.rmtree(output_dir / STAGING_DIR, ignore_errors=True)  # partial saves of a crashed run
         (output_dir / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2))
 
-    documents = load_documents(recipe.data)
-    tokenizer = load_tokenizer(recipe, args, documents)
     cache_dir = recipe.data.cache_dir or str(output_dir / "data_cache")
-    with args.main_process_first(desc="tokenize and pack"):
-        dataset = build_lm_dataset(
-            documents, tokenizer, recipe.data, cache_dir=cache_dir, seed=recipe.train.seed
-        )
+    collator = default_data_collator
+    if recipe.finetune.method is not None:  # a pretrained model, a fine-tuning method (plait.train.finetune)
+        from .finetune import prepare
 
-    set_seed(recipe.train.seed)  # the initial weights depend only on the seed
-    model = build_model(recipe, tokenizer)
+        tokenizer, dataset, collator, model, extra = prepare(recipe, args, cache_dir)
+        callbacks = [*(callbacks or []), *extra]
+    else:
+        documents = load_documents(recipe.data)
+        tokenizer = load_tokenizer(recipe, args, documents)
+        with args.main_process_first(desc="tokenize and pack"):
+            dataset = build_lm_dataset(
+                documents, tokenizer, recipe.data, cache_dir=cache_dir, seed=recipe.train.seed
+            )
+        set_seed(recipe.train.seed)  # the initial weights depend only on the seed
+        model = build_model(recipe, tokenizer)
     tokens_per_step = (
         recipe.train.micro_batch_size * recipe.train.grad_accum * args.world_size * recipe.data.seq_len
     )
@@ -396,7 +405,7 @@ def run(recipe: Recipe, callbacks: list[TrainerCallback] | None = None) -> RunRe
         model=model,
         args=args,
         train_dataset=dataset,
-        data_collator=default_data_collator,
+        data_collator=collator,
         processing_class=tokenizer,
         callbacks=callbacks,
         keep_last=recipe.checkpoint.keep_last,

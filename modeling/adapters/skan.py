@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 FAMILIES = ("bspline", "rbf", "chebyshev", "wavelet")
 
@@ -63,6 +64,23 @@ def basis(family: str, u: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     if family == "wavelet":
         return (1 - v**2) * torch.exp(-(v**2) / 2)
     raise ValueError(f"unknown S-KAN family {family!r}; valid choices: {list(FAMILIES)}")
+
+
+def _family_term(
+    family: str, u: torch.Tensor, grid: torch.Tensor, weight, coeff: torch.Tensor
+) -> torch.Tensor:
+    b = basis(family, u, grid.float())  # [..., D, K]
+    if weight is not None:
+        b = b * weight[:, None]
+    return b.flatten(-2) @ coeff.float().flatten(0, 1)
+
+
+def _contract(family, u, grid, weight, coeff):
+    """One family's Σ_i w_i Σ_k c[i,k,:]·basis_k(u_i). The [..., D, K] basis tensor is K times the input:
+    under autograd it is recomputed in the backward instead of kept (activation checkpointing)."""
+    if torch.is_grad_enabled() and (u.requires_grad or coeff.requires_grad):
+        return checkpoint(_family_term, family, u, grid, weight, coeff, use_reentrant=False)
+    return _family_term(family, u, grid, weight, coeff)
 
 
 class SKANPhi(nn.Module):
@@ -98,20 +116,17 @@ class SKANPhi(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         u = x.float() * self.scale.float()
-        grid = self.grid.float()
         z = 0
         if self.pruned:
             for f, name in enumerate(self.families):
                 idx = (self.family == f).nonzero().squeeze(1)
                 if idx.numel():
-                    b = basis(name, u.index_select(-1, idx), grid)
-                    z = z + b.flatten(-2) @ self.coeff.float()[idx].flatten(0, 1)
+                    z = z + _contract(name, u.index_select(-1, idx), self.grid, None, self.coeff[idx])
         else:
             w = self.weights()
             for f, name in enumerate(self.families):
                 if self.active[:, f].any():
-                    b = basis(name, u, grid) * w[:, f, None]
-                    z = z + b.flatten(-2) @ self.coeff.float()[f].flatten(0, 1)
+                    z = z + _contract(name, u, self.grid, w[:, f], self.coeff[f])
         return z.to(x.dtype)
 
     @torch.no_grad()
