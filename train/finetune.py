@@ -14,11 +14,12 @@
 
 `modules_to_save` (e.g. a new classifier head) trains in full with every method.
 
-`prepare(recipe, ...)` is what `plait.train.trainer.run` trains for a recipe with a `finetune:` section: the
-pretrained model for the task (causal LM on the recipe's text; sequence classification on its text and
-label columns), the method applied, and S-KAN's phase callback. Checkpoints, resume and the engines are the
-pretraining ones; a PEFT method saves an adapter directory (`PeftModel.save_pretrained`), full and KappaTune
-a full model. Image classification needs the vision task of `plait.train` (not in this module yet).
+`prepare_finetune(recipe, ...)` is what `plait.train.trainer.run` trains for a recipe with a `finetune:`
+section: the pretrained model for the task (causal LM on the recipe's text; sequence classification on its
+text and label columns), the method applied, and S-KAN's phase callback. Checkpoints, resume and the engines
+are the pretraining ones; a PEFT method saves an adapter directory (`PeftModel.save_pretrained`), full and
+KappaTune a full model. Image classification needs the vision task of `plait.train` (not in this module
+yet).
 """
 
 from __future__ import annotations
@@ -152,7 +153,9 @@ def _classification_dataset(recipe: Recipe, tokenizer) -> tuple[Dataset, int]:
     return ds.map(encode, batched=True, remove_columns=ds.column_names), num_labels
 
 
-def prepare(recipe: Recipe, args, cache_dir: str) -> tuple[Any, Any, Any, nn.Module, list[TrainerCallback]]:
+def prepare_finetune(
+    recipe: Recipe, args, cache_dir: str
+) -> tuple[Any, Any, Any, nn.Module, list[TrainerCallback]]:
     """What `run` trains when the recipe has a `finetune.method`: (tokenizer, dataset, collator, model,
     callbacks). The model is `model.pretrained` (a Plait directory, a converted Llama, any transformers
     checkpoint) with the method applied."""
