@@ -88,7 +88,7 @@ def apply_method(model: nn.Module, ft: FinetuneRecipe, *, kappa_cache: str | Pat
         return Prepared(model, model.get_nb_trainable_parameters()[0])
     if method not in ("kappatune", "kappatune+lora", "kappatune+kan"):
         raise RecipeError(f"finetune.method={method!r} is not a fine-tuning method")
-    kappa = kappatune.condition_numbers(model, cache=kappa_cache)
+    kappa = kappatune.condition_numbers(model, max_dim=ft.kappa_max_dim, cache=kappa_cache)
     saved = [n for n, _ in model.named_parameters() if any(f".{m}." in f".{n}" for m in ft.modules_to_save)]
     kappa = {n: k for n, k in kappa.items() if n not in saved}  # a new head trains anyway: not a candidate
     selected = kappatune.select_lowest_kappa(

@@ -79,14 +79,16 @@ def fingerprint(model: nn.Module) -> str:
 def condition_numbers(
     model: nn.Module,
     *,
+    max_dim: int | None = None,
     cache: str | Path | None = None,
     dtype: torch.dtype = torch.float32,
     batch_size: int = 16,
 ) -> dict[str, float]:
-    """κ of every ≥2-D parameter of `model`, name -> κ (inf when σ_min = 0).
+    """κ of every ≥2-D parameter of `model` (with no dimension above `max_dim`, when given: the SVD of an
+    embedding table is the most expensive and it is excluded anyway), name -> κ (inf when σ_min = 0).
 
-    `cache`: a JSON file; κ is read from it when it holds an entry for these weights' fingerprint, else
-    computed and added (rank 0 writes). `dtype`: the SVD's precision (fp32 or fp64). `batch_size`: how many
+    `cache`: a JSON file; κ of these weights (by fingerprint) is read from it, and what it lacks is computed
+    and added (rank 0 writes). `dtype`: the SVD's precision (fp32 or fp64). `batch_size`: how many
     same-shape tensors go through one batched `svdvals` call (and are gathered at once when sharded).
     """
     if dtype not in (torch.float32, torch.float64):
@@ -96,19 +98,22 @@ def condition_numbers(
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r} must be an integer >= 1")
     rank, world = _world()
+    named = [
+        (n, p)
+        for n, p in model.named_parameters()
+        if len(_shape(p)) >= 2 and (max_dim is None or max(_shape(p)) <= max_dim)
+    ]
     key = fingerprint(model) if cache is not None else None
-    if cache is not None:  # rank 0 reads the cache and tells the others, so all ranks take the same path
-        hit = [None]
+    known: list[dict[str, float]] = [{}]
+    if cache is not None:  # rank 0 reads the cache and tells the others, so all ranks compute the same rest
         if rank == 0 and Path(cache).is_file():
-            hit[0] = json.loads(Path(cache).read_text()).get(key)
+            known[0] = json.loads(Path(cache).read_text()).get(key, {})
         if world > 1:
-            torch.distributed.broadcast_object_list(hit, src=0)
-        if hit[0] is not None:
-            return {name: float(k) for name, k in hit[0].items()}
+            torch.distributed.broadcast_object_list(known, src=0)
+    known = {name: float(k) for name, k in known[0].items()}
 
-    named = [(n, p) for n, p in model.named_parameters() if len(_shape(p)) >= 2]
     groups: dict[tuple[int, ...], list[tuple[int, str, torch.Tensor]]] = {}
-    for i, (name, p) in enumerate(named):
+    for i, (name, p) in enumerate(n for n in named if n[0] not in known):
         groups.setdefault(_shape(p), []).append((i, name, p))
     mine: dict[str, float] = {}
     for items in groups.values():
@@ -126,21 +131,21 @@ def condition_numbers(
                 kappa = sigma[:, 0] / sigma[:, -1]
                 for (name, _), k in zip(owned, kappa.tolist(), strict=True):
                     mine[name] = k if math.isfinite(k) else math.inf
-    result = mine
+    computed = mine
     if world > 1:
         parts: list[dict[str, float] | None] = [None] * world
         torch.distributed.all_gather_object(parts, mine)
-        result = {name: k for part in parts for name, k in part.items()}
-    result = {name: result[name] for name, _ in named}  # model order
-    if cache is not None and rank == 0:
+        computed = {name: k for part in parts for name, k in part.items()}
+    if cache is not None and rank == 0 and computed:
         path = Path(cache)
         stored = json.loads(path.read_text()) if path.is_file() else {}
-        stored[key] = result
+        stored[key] = {**stored.get(key, {}), **computed}
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".tmp")
         tmp.write_text(json.dumps(stored, indent=1))
         tmp.replace(path)
-    return result
+    found = {**known, **computed}
+    return {name: found[name] for name, _ in named}  # model order
 
 
 def select_lowest_kappa(

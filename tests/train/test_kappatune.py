@@ -1,6 +1,7 @@
 """KappaTune: κ in fp32 (bf16 included), batched, cached by weights, lowest-κ selection, freezing, adapter
 targets, and the distributed path (plain and FSDP2-sharded weights) agreeing with one process."""
 
+import json
 import os
 import socket
 
@@ -73,7 +74,13 @@ def test_cache_is_keyed_by_the_weights(tmp_path, monkeypatch):
         model.model.layers[0].mlp.up_proj.weight[0, 0] += 1.0
     second = kt.condition_numbers(model, cache=cache)
     assert calls and second != first  # other weights, another key: recomputed, both kept
-    assert len(__import__("json").loads(cache.read_text())) == 2
+    assert len(json.loads(cache.read_text())) == 2
+    calls.clear()
+    small = kt.condition_numbers(model, cache=tmp_path / "small.json", max_dim=64)  # no embedding / LM head
+    assert calls and set(small) == {n for n, s in kt.matrices(model).items() if max(s) <= 64}
+    calls.clear()
+    assert kt.condition_numbers(model, cache=tmp_path / "small.json") == second  # computes only the rest
+    assert len(calls) == 1  # one batched call: the two [256, 32] tables
 
 
 def test_selection_is_lowest_kappa_deterministic_with_budgets_and_exclusions():
