@@ -189,6 +189,10 @@ class PlaitTrainer(Trainer):
 
     def get_decay_parameter_names(self, model: torch.nn.Module) -> list[str]:
         no_decay = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+        # Modules may list local parameter names to keep undecayed (KAN adapters: knots, scales, weights).
+        no_decay |= {
+            f"{prefix}.{n}" for prefix, m in model.named_modules() for n in getattr(m, "no_decay", ())
+        }
         return [
             name
             for name, p in model.named_parameters()

@@ -22,6 +22,8 @@ from plait.kernels.kan_basis import kan_hat
 
 
 class NeRAPhi(nn.Module):
+    no_decay = ("knots", "scale")  # positions and scales, not weights: the trainer does not decay them
+
     def __init__(
         self, in_features: int, r: int, grid_size: int = 8, grid_range: float = 3.0, init_std: float = 1e-3
     ):

@@ -84,6 +84,8 @@ def _contract(family, u, grid, weight, coeff):
 
 
 class SKANPhi(nn.Module):
+    no_decay = ("scale", "logits")  # scales and family weights: the trainer does not decay them
+
     def __init__(
         self,
         in_features: int,

@@ -5,15 +5,16 @@ import json
 
 import pytest
 import torch
+from peft import get_peft_model
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, TrainerCallback
 
 from plait.eval.data_cache import path as data_path
 from plait.modeling import PlaitConfig, PlaitForCausalLM
-from plait.modeling.adapters import SKANPhi, kan_modules, load_kan_adapter
+from plait.modeling.adapters import KANConfig, SKANPhi, kan_modules, load_kan_adapter
 from plait.train.recipe import RecipeError, load_recipe, recipe_from_dict
 from plait.train.tokenizer import train_bpe_tokenizer
-from plait.train.trainer import losses, run
+from plait.train.trainer import PlaitTrainer, losses, run
 
 TEXT = [f"def f{i}(x):\n    return x * {i} + {i % 7}\n" for i in range(60)]
 
@@ -144,3 +145,14 @@ def test_kappatune_on_minilm_sst2_trains_only_the_lowest_kappa_tensors(tmp_path)
     before, after = dict(base.named_parameters()), dict(tuned.named_parameters())
     changed = {n for n in after if not n.startswith("classifier") and not torch.equal(after[n], before[n])}
     assert changed == set(lowest)
+
+
+def test_kan_knots_scales_and_family_weights_are_not_decayed(pretrained_lm):
+    base, _ = pretrained_lm
+    model = AutoModelForCausalLM.from_pretrained(base)
+    model = get_peft_model(model, KANConfig(kan="skan", r=2, target_modules=["q_proj"]))
+    model.add_adapter("nera", KANConfig(kan="nera", r=2, target_modules=["q_proj"]))
+    decayed = PlaitTrainer.get_decay_parameter_names(None, model)
+    assert any(n.endswith("lora_kan.default.coeff") for n in decayed)
+    assert any(n.endswith("lora_kan.nera.coeff") for n in decayed)
+    assert not any(n.endswith((".knots", ".logits", ".scale")) for n in decayed)
