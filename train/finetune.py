@@ -16,10 +16,10 @@
 
 `prepare_finetune(recipe, ...)` is what `plait.train.trainer.run` trains for a recipe with a `finetune:`
 section: the pretrained model for the task (causal LM on the recipe's text; sequence classification on its
-text and label columns), the method applied, and S-KAN's phase callback. Checkpoints, resume and the engines
-are the pretraining ones; a PEFT method saves an adapter directory (`PeftModel.save_pretrained`), full and
-KappaTune a full model. Image classification needs the vision task of `plait.train` (not in this module
-yet).
+text and label columns; image classification on its images and labels, through the checkpoint's image
+processor), the method applied, and S-KAN's phase callback. Checkpoints, resume and the engines are the
+pretraining ones; a PEFT method saves an adapter directory (`PeftModel.save_pretrained`), full and KappaTune
+a full model.
 """
 
 from __future__ import annotations
@@ -34,7 +34,9 @@ from datasets import Dataset
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 from transformers import (
+    AutoImageProcessor,
     AutoModelForCausalLM,
+    AutoModelForImageClassification,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     DataCollatorWithPadding,
@@ -127,11 +129,14 @@ class SKANPhases(TrainerCallback):
             skan_prune(model)
 
 
-def _classification_dataset(recipe: Recipe, tokenizer) -> tuple[Dataset, int]:
-    """Tokenised (text, label) rows of the recipe's data, and the label count."""
+def _labelled(recipe: Recipe, input_field: str) -> tuple[Dataset, int]:
+    """The recipe's data with `input_field` and the label column checked, and the label count."""
     data, ft = recipe.data, recipe.finetune
     ds = load_raw(data)
-    for key, column in (("data.text_field", data.text_field), ("data.label_field", data.label_field)):
+    for key, column in (
+        (f"data.{input_field}", getattr(data, input_field)),
+        ("data.label_field", data.label_field),
+    ):
         if column not in ds.column_names:
             raise RecipeError(f"{key}={column!r} is not a column of the data; columns: {ds.column_names}")
     if data.max_documents is not None:
@@ -144,6 +149,12 @@ def _classification_dataset(recipe: Recipe, tokenizer) -> tuple[Dataset, int]:
             f"labels {bad[:5]} in column {data.label_field!r} are not integers in [0, {num_labels}) "
             f"(finetune.num_labels={ft.num_labels!r})"
         )
+    return ds, num_labels
+
+
+def _text_classification(recipe: Recipe, tokenizer) -> tuple[Dataset, int]:
+    data = recipe.data
+    ds, num_labels = _labelled(recipe, "text_field")
 
     def encode(batch):
         enc = tokenizer(batch[data.text_field], truncation=True, max_length=data.seq_len)
@@ -153,38 +164,59 @@ def _classification_dataset(recipe: Recipe, tokenizer) -> tuple[Dataset, int]:
     return ds.map(encode, batched=True, remove_columns=ds.column_names), num_labels
 
 
+def _image_classification(recipe: Recipe, processor) -> tuple[Dataset, int]:
+    data = recipe.data
+    ds, num_labels = _labelled(recipe, "image_field")
+
+    def transform(batch):  # on the fly: pixel tensors are not cached
+        pixels = processor(batch[data.image_field], return_tensors="pt")["pixel_values"]
+        return {"pixel_values": pixels, "labels": torch.tensor(batch[data.label_field])}
+
+    return ds.with_transform(transform), num_labels
+
+
 def prepare_finetune(
     recipe: Recipe, args, cache_dir: str
 ) -> tuple[Any, Any, Any, nn.Module, list[TrainerCallback]]:
-    """What `run` trains when the recipe has a `finetune.method`: (tokenizer, dataset, collator, model,
-    callbacks). The model is `model.pretrained` (a Plait directory, a converted Llama, any transformers
-    checkpoint) with the method applied."""
+    """What `run` trains when the recipe has a `finetune.method`: (processing class, dataset, collator,
+    model, callbacks). The model is `model.pretrained` (a Plait directory, a converted Llama, any transformers
+    checkpoint) for the task, with the method applied."""
     import plait.modeling  # noqa: F401  (registers Plait with the Auto classes)
 
     ft, source = recipe.finetune, os.path.expanduser(recipe.model.pretrained)
-    tokenizer = AutoTokenizer.from_pretrained(os.path.expanduser(recipe.data.tokenizer or source))
     load = dict(dtype=torch.float32, attn_implementation=recipe.model.attn_implementation)
+    tokenizer_source = os.path.expanduser(recipe.data.tokenizer or source)
     if ft.task == "causal_lm":
+        processor = AutoTokenizer.from_pretrained(tokenizer_source)
         documents = load_documents(recipe.data)
         with args.main_process_first(desc="tokenize and pack"):
             dataset = build_lm_dataset(
-                documents, tokenizer, recipe.data, cache_dir=cache_dir, seed=recipe.train.seed
+                documents, processor, recipe.data, cache_dir=cache_dir, seed=recipe.train.seed
             )
         collator = default_data_collator
         set_seed(recipe.train.seed)
         model = AutoModelForCausalLM.from_pretrained(source, **load)
         model.config.use_cache = False
-    else:
+    elif ft.task == "sequence_classification":
+        processor = AutoTokenizer.from_pretrained(tokenizer_source)
         with args.main_process_first(desc="tokenize"):
-            dataset, num_labels = _classification_dataset(recipe, tokenizer)
-        collator = DataCollatorWithPadding(tokenizer)
+            dataset, num_labels = _text_classification(recipe, processor)
+        collator = DataCollatorWithPadding(processor)
         set_seed(recipe.train.seed)
         model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=num_labels, **load)
         if model.config.pad_token_id is None:
-            model.config.pad_token_id = tokenizer.pad_token_id
+            model.config.pad_token_id = processor.pad_token_id
+    else:  # image_classification
+        processor = AutoImageProcessor.from_pretrained(source)
+        dataset, num_labels = _image_classification(recipe, processor)
+        collator = default_data_collator
+        set_seed(recipe.train.seed)
+        model = AutoModelForImageClassification.from_pretrained(  # a new head when the label count differs
+            source, num_labels=num_labels, ignore_mismatched_sizes=True, **load
+        )
     cache = ft.kappa_cache or str(Path(recipe.train.output_dir) / "kappa.json")
     model = apply_method(model, ft, kappa_cache=cache).model
     callbacks = []
     if ft.method == "kan_skan":
         callbacks.append(SKANPhases(round(ft.skan_select_at * recipe.train.max_steps)))
-    return tokenizer, dataset, collator, model, callbacks
+    return processor, dataset, collator, model, callbacks

@@ -47,7 +47,8 @@ class DataRecipe:
     subset: str | None = None  # source: hub dataset configuration
     split: str = "train"
     text_field: str = "text"
-    label_field: str = "label"  # finetune.task: sequence_classification
+    label_field: str = "label"  # finetune.task: sequence_classification / image_classification
+    image_field: str = "image"  # finetune.task: image_classification (PIL images)
     max_documents: int | None = None  # keep only the first N documents (smoke tests)
     tokenizer: str | None = None  # tokenizer dir/hub name; None trains a byte-level BPE on the training text
     tokenizer_train_documents: int = 2000  # documents the BPE is trained on when `tokenizer` is None
@@ -125,8 +126,8 @@ FinetuneMethod = Literal[
 class FinetuneRecipe:
     # null: pretraining. Otherwise fine-tune `model.pretrained` (see plait.train.finetune).
     method: FinetuneMethod | None = None
-    task: Literal["causal_lm", "sequence_classification"] = "causal_lm"
-    num_labels: int | None = None  # sequence_classification: label count; null reads it from the data
+    task: Literal["causal_lm", "sequence_classification", "image_classification"] = "causal_lm"
+    num_labels: int | None = None  # classification: label count; null reads it from the data
     # Adapters: module names (full or trailing components) or one regex on full names; "all-linear" = every
     # nn.Linear but the output head.
     target_modules: list[str] | str = "all-linear"

@@ -149,7 +149,8 @@ class PlaitTrainer(Trainer):
         self.last_finite: dict[str, float] = {}  # the last logged step whose loss and grad norm were finite
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        self.probe_ids = inputs["input_ids"][:1].detach()
+        ids = inputs.get("input_ids")  # none for image models
+        self.probe_ids = ids[:1].detach() if ids is not None else None
         return super().training_step(model, inputs, num_items_in_batch)
 
     def _maybe_log_save_evaluate(self, tr_loss, grad_norm, *args, **kwargs):

@@ -156,3 +156,66 @@ def test_kan_knots_scales_and_family_weights_are_not_decayed(pretrained_lm):
     assert any(n.endswith("lora_kan.default.coeff") for n in decayed)
     assert any(n.endswith("lora_kan.nera.coeff") for n in decayed)
     assert not any(n.endswith((".knots", ".logits", ".scale")) for n in decayed)
+
+
+def test_image_classification_with_lora_trains_and_saves_a_loadable_adapter(tmp_path):
+    import numpy as np
+    from datasets import Dataset
+    from peft import PeftModel
+    from PIL import Image
+    from transformers import AutoModelForImageClassification, ViTConfig, ViTForImageClassification
+    from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
+
+    base = tmp_path / "vit"  # a pretrained 3-class ViT, moved to a 4-class task (a new head)
+    config = ViTConfig(
+        image_size=16,
+        patch_size=4,
+        num_channels=1,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=3,
+    )
+    torch.manual_seed(0)
+    ViTForImageClassification(config).save_pretrained(base)
+    ViTImageProcessorPil(size={"height": 16, "width": 16}, image_mean=[0.5], image_std=[0.5]).save_pretrained(
+        base
+    )
+    rng = np.random.default_rng(0)
+    labels = [i % 4 for i in range(32)]  # the class is the brightness of the image
+    images = [Image.fromarray((rng.random((20, 20)) * 40 + 60 * y).astype("uint8")) for y in labels]
+    Dataset.from_dict({"image": images, "label": labels}).save_to_disk(tmp_path / "data")
+    recipe = recipe_from_dict(
+        {
+            "model": {"pretrained": str(base)},
+            "data": {"source": "disk", "paths": [str(tmp_path / "data")]},
+            "optim": {"lr": 1e-2, "weight_decay": 0.0, "schedule": "constant"},
+            "train": {
+                "output_dir": str(tmp_path / "out"),
+                "max_steps": 8,
+                "micro_batch_size": 8,
+                "precision": "fp32",
+            },
+            "checkpoint": {"every": 0},
+            "logging": {"every": 1, "progress_bar": False},
+            "finetune": {
+                "method": "lora",
+                "task": "image_classification",
+                "target_modules": ["q_proj", "v_proj"],
+                "modules_to_save": ["classifier"],
+                "r": 4,
+            },
+        }
+    )
+    result = run(recipe)
+    curve = losses(result.log_history)
+    assert curve[8] < curve[1]
+    model = PeftModel.from_pretrained(
+        AutoModelForImageClassification.from_pretrained(base, num_labels=4, ignore_mismatched_sizes=True),
+        result.final_dir,
+    )
+    pixels = torch.randn(2, 1, 16, 16)
+    torch.testing.assert_close(
+        model(pixel_values=pixels).logits, result.trainer.model.eval()(pixel_values=pixels).logits
+    )
