@@ -35,6 +35,10 @@ from .nera import NeRAPhi
 from .skan import FAMILIES, SKANPhi
 
 KAN_KINDS = ("nera", "skan")
+NOT_MERGEABLE = (
+    "KAN adapters (NeRA, S-KAN) cannot be merged into the base weights: the adapter B·φ(x) is nonlinear in "
+    "x, so there is no weight delta. Keep the PeftModel, or call unload() to get the base model back."
+)
 
 
 @dataclass
@@ -69,6 +73,11 @@ class KANConfig(LoraConfig):
         if unknown or not families or len(set(families)) != len(families):
             raise ValueError(
                 f"skan_families={families!r} must be distinct names from {list(FAMILIES)} (at least one)"
+            )
+        if self.init_lora_weights not in (True, False, "gaussian"):  # the others initialise A from W₀
+            raise ValueError(
+                f"init_lora_weights={self.init_lora_weights!r} is not supported by KAN adapters; "
+                "valid choices: True (B = 0), False, 'gaussian'"
             )
         for flag in ("use_dora", "fan_in_fan_out", "lora_bias"):
             if getattr(self, flag):
@@ -128,14 +137,10 @@ class KANLinear(LoraLinear):
         return result
 
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
-        raise ValueError(
-            "KAN adapters (NeRA, S-KAN) cannot be merged into the base weights: the adapter B·φ(x) is "
-            "nonlinear in x, so there is no weight delta. Keep the PeftModel, or call unload() to get the "
-            "base model back."
-        )
+        raise ValueError(NOT_MERGEABLE)
 
     def get_delta_weight(self, adapter: str) -> torch.Tensor:
-        self.merge()
+        raise ValueError(NOT_MERGEABLE)
 
 
 def kan_modules(model: nn.Module, adapter_name: str | None = None) -> list[nn.Module]:

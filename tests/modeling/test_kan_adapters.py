@@ -168,6 +168,8 @@ def test_config_rejects_bad_values():
         KANConfig(kan_grid_range=float("nan"), target_modules=["q_proj"])
     with pytest.raises(ValueError, match="skan_families"):
         KANConfig(kan="skan", skan_families=["bspline", "fourier"], target_modules=["q_proj"])
+    with pytest.raises(ValueError, match="init_lora_weights='pissa'"):
+        KANConfig(init_lora_weights="pissa", target_modules=["q_proj"])
     with pytest.raises(ValueError, match="use_dora"):
         KANConfig(use_dora=True, target_modules=["q_proj"])
 
