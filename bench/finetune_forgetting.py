@@ -255,6 +255,34 @@ def summarize(runs: list[dict], base: dict) -> list[dict]:
     return rows
 
 
+def markdown(rows: list[dict], base: dict) -> str:
+    """The README table: mean ± sd over seeds."""
+    lines = [
+        "| method | trainable params | seeds | SST-2 acc. (%) | forgetting: MRPC AUC drop (pts) | "
+        "embedding drift | step time (s) | peak RSS (MB) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        (a, sa), (f, sf), (d, sd) = r["sst2_accuracy"], r["forgetting_auc"], r["embedding_drift"]
+        rank = f" (r={r['rank']})" if r["rank"] else ""
+        cells = [
+            f"{r['method']}{rank}",
+            f"{r['trainable_params']:,}",
+            str(r["seeds"]),
+            f"{a * 100:.1f} ± {sa * 100:.1f}",
+            f"{f * 100:+.1f} ± {sf * 100:.1f}",
+            f"{d:.3f} ± {sd:.3f}",
+            f"{r['step_time_s']:.2f}",
+            f"{r['peak_rss_mb']:.0f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append(
+        f"\nBase model: MRPC zero-shot AUC {base['mrpc_auc'] * 100:.1f}; SST-2 majority class "
+        f"{base['sst2_majority'] * 100:.1f}%."
+    )
+    return "\n".join(lines)
+
+
 def plot(rows: list[dict], base: dict, png: Path) -> None:
     import matplotlib
 
@@ -284,6 +312,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=80)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--budget", type=int, default=150_000, help="trainable parameters per method")
+    parser.add_argument("--table", action="store_true", help="print the README table of --out and exit")
     parser.add_argument("--one", nargs=2, metavar=("METHOD", "SEED"), help=argparse.SUPPRESS)
     parser.add_argument("--base", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -297,6 +326,10 @@ def main() -> None:
         return
 
     out = Path(args.out)
+    if args.table:
+        results = json.loads(out.read_text())
+        print(markdown(results["summary"], results["base"]))
+        return
     out.parent.mkdir(parents=True, exist_ok=True)
     previous = json.loads(out.read_text()) if out.exists() else {}
     runs = [r for r in previous.get("runs", []) if r["method"] in args.methods and r["seed"] in args.seeds]
@@ -349,8 +382,7 @@ def main() -> None:
                 )
             )
             plot(rows, base, out.with_suffix(".png"))
-    for row in summarize(runs, base):
-        print(row)
+    print(markdown(summarize(runs, base), base))
 
 
 if __name__ == "__main__":
