@@ -10,6 +10,7 @@ import torch
 import torch.multiprocessing as mp
 from peft import LoraConfig, get_peft_model
 from torch import nn
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from plait.modeling import PlaitConfig, PlaitForCausalLM
 from plait.modeling.adapters import KANConfig, KANLinear
@@ -118,9 +119,22 @@ def test_freezing_trains_only_the_selected_tensors():
     assert changed == set(names) and n == sum(before[k].numel() for k in names)
 
 
+def _llama():
+    config = LlamaConfig(
+        vocab_size=256,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
+    return LlamaForCausalLM(config)
+
+
 @pytest.mark.parametrize("adapter", ["lora", "kan"])
-def test_selected_modules_become_adapter_targets(adapter):
-    model = _lm()
+@pytest.mark.parametrize("make_model", [_lm, _llama], ids=["plait", "llama"])
+def test_selected_modules_become_adapter_targets(adapter, make_model):
+    model = make_model()
     names = kt.select_lowest_kappa(model, kt.condition_numbers(model), count=3, linear_only=True)
     targets = kt.module_targets(names)
     config = (LoraConfig if adapter == "lora" else KANConfig)(r=2, target_modules=targets)
