@@ -75,6 +75,7 @@ def lm_eval_suite(
     seed: int = 1234,
     bootstrap_iters: int = 1000,
     hub: bool = False,
+    samples: bool = False,
     manager=None,
 ) -> dict[str, Any]:
     """Score `model` on lm-eval `tasks`; returns {"tasks": {name: {metric: value, metric_stderr: value,
@@ -84,7 +85,8 @@ def lm_eval_suite(
     `limit` caps the documents per task (an int, or a fraction of each task when < 1). `max_length` is the
     context window lm-eval truncates to (default: the model's `max_position_embeddings`). `bootstrap_iters`
     sets the bootstrap samples for the stderr of non-mean metrics (e.g. F1, perplexity); mean metrics get
-    their analytic stderr.
+    their analytic stderr. `samples` adds lm-eval's per-document records (`"samples"`: the requests'
+    arguments, the model's log-likelihoods and the per-document metrics).
     """
     import lm_eval
     from lm_eval.models.huggingface import HFLM
@@ -111,7 +113,7 @@ def lm_eval_suite(
         numpy_random_seed=seed,
         torch_random_seed=seed,
         fewshot_random_seed=seed,
-        log_samples=False,
+        log_samples=samples,
     )
     tasks_out = {name: _metrics(out, name) for name in out["results"] if name not in out.get("groups", {})}
     groups_out = {name: _metrics(out, name) for name in out.get("groups", {})}
@@ -133,6 +135,7 @@ def lm_eval_suite(
             "seed": seed,
             "bootstrap_iters": bootstrap_iters,
         },
+        **({"samples": _jsonable(out["samples"])} if samples else {}),
     }
 
 
