@@ -28,7 +28,19 @@ class PlaitBlock(GradientCheckpointingLayer):
         self.mlp = MLP_ACTIVATIONS[config.mlp_act](config)
         self.mlp_residual = residual.site(config, 2 * layer_idx + 1)
 
-    def forward(self, state: torch.Tensor, **mixer_kwargs) -> torch.Tensor:
-        """`state` is the residual state; `mixer_kwargs` (positions, mask, cache) go to the mixer."""
-        state = self.mixer_residual(state, lambda h: self.mixer(self.mixer_norm(h), **mixer_kwargs))
-        return self.mlp_residual(state, lambda h: self.mlp(self.mlp_norm(h)))
+    def forward(
+        self, state: torch.Tensor, output_attentions: bool = False, **mixer_kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`state` is the residual state; `mixer_kwargs` (positions, mask, cache) go to the mixer. Returns the
+        next state and the mixer's attention weights (None unless asked for and the mixer has any)."""
+        attention = None
+
+        def mixer(h):
+            nonlocal attention
+            out, attention = self.mixer(
+                self.mixer_norm(h), output_attentions=output_attentions, **mixer_kwargs
+            )
+            return out
+
+        state = self.mixer_residual(state, mixer)
+        return self.mlp_residual(state, lambda h: self.mlp(self.mlp_norm(h))), attention

@@ -27,7 +27,7 @@ class PlaitConfig(PreTrainedConfig):
     """
 
     model_type = "plait"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]
 
     vocab_size: int = 8192
     hidden_size: int = 512

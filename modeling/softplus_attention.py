@@ -14,19 +14,24 @@ reference and Triton kernels live in `plait.kernels.lssa`.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
-from ..kernels.lssa import softplus_attention
-from .attention import repeat_kv
+from ..kernels.lssa import lssa_weights, softplus_attention
+from .attention import causal_mask_for_none, repeat_kv
 from .registry import ATTENTION_FUNCTIONS
 
 
-def bool_attention_mask(attention_mask: torch.Tensor | None, q_len: int, kv_len: int) -> torch.Tensor | None:
+def bool_attention_mask(
+    attention_mask: torch.Tensor | None, q_len: int, kv_len: int, device
+) -> torch.Tensor | None:
     """The mask as bool [B, 1, Tq, Tk] (True = may attend), or None for causal attention on the last keys.
 
     Accepts transformers' masks for every back-end: bool 4-D (sdpa), additive float 4-D (eager; 0 = attend),
     or a 2-D [B, Tk] padding mask (flash attention), which is combined with the causal mask here."""
     if attention_mask is None:
-        return None
+        # The kernels' None aligns the causal mask to the last key, transformers' to the first: they differ
+        # only when 1 < Tq < Tk (the prefill of an empty static cache), so only then is the mask built.
+        return causal_mask_for_none(q_len, kv_len, device)[None, None] if 1 < q_len < kv_len else None
     if attention_mask.dim() == 2:
         causal = torch.ones(q_len, kv_len, dtype=torch.bool, device=attention_mask.device).tril(
             kv_len - q_len
@@ -37,10 +42,15 @@ def bool_attention_mask(attention_mask: torch.Tensor | None, q_len: int, kv_len:
     return attention_mask[..., :kv_len]
 
 
-def _core(module, q, k, v, attention_mask, reweight: bool, dropout: float):
+def _core(module, q, k, v, attention_mask, reweight: bool, dropout: float, output_attentions: bool):
     groups = module.num_key_value_groups
     k, v = repeat_kv(k, groups), repeat_kv(v, groups)
-    mask = bool_attention_mask(attention_mask, q.shape[2], k.shape[2])
+    mask = bool_attention_mask(attention_mask, q.shape[2], k.shape[2], q.device)
+    if output_attentions:  # the fused kernels never hold the weights: compute them with the reference
+        weights = lssa_weights(q, k, mask, reweight=reweight, power=module.config.lssar_power)
+        weights = F.dropout(weights, p=dropout, training=module.training)
+        out = (weights @ v.float()).to(q.dtype)
+        return out.transpose(1, 2).contiguous(), weights.to(q.dtype)
     out = softplus_attention(
         q,
         k,
@@ -55,9 +65,11 @@ def _core(module, q, k, v, attention_mask, reweight: bool, dropout: float):
 
 
 @ATTENTION_FUNCTIONS.register("lssa")
-def lssa_attention(module, q, k, v, attention_mask, scaling=None, dropout=0.0, **kwargs):
+def lssa_attention(
+    module, q, k, v, attention_mask, scaling=None, dropout=0.0, output_attentions=False, **kwargs
+):
     """LSSA: softplus of ln(d)·ln(N_i)-scaled cosine scores, rows L1-normalised."""
-    return _core(module, q, k, v, attention_mask, reweight=False, dropout=dropout)
+    return _core(module, q, k, v, attention_mask, False, dropout, output_attentions)
 
 
 def check_lssar_config(config) -> None:
@@ -66,9 +78,11 @@ def check_lssar_config(config) -> None:
 
 
 @ATTENTION_FUNCTIONS.register("lssar", validate=check_lssar_config)
-def lssar_attention(module, q, k, v, attention_mask, scaling=None, dropout=0.0, **kwargs):
+def lssar_attention(
+    module, q, k, v, attention_mask, scaling=None, dropout=0.0, output_attentions=False, **kwargs
+):
     """LSSAR: LSSA followed by the ReLU(N_i·A − O)^p re-weighting, renormalised."""
-    return _core(module, q, k, v, attention_mask, reweight=True, dropout=dropout)
+    return _core(module, q, k, v, attention_mask, True, dropout, output_attentions)
 
 
 __all__ = ["lssa_attention", "lssar_attention", "bool_attention_mask"]
