@@ -6,7 +6,8 @@ piqa, winogrande, openbookqa, sciq, boolq, copa, sst2, rte, mrpc, mmlu; any lm-e
 `lm-eval` (all of those offline tasks), `perplexity` (strided sliding window on --text), `extrapolation`
 (loss at 1x..16x the training length on --text), `image` (top-1/top-5 of an image classifier on
 --image-data), and `standard` = hellaswag lambada_openai arc_easy arc_challenge piqa winogrande mmlu
-perplexity extrapolation.
+perplexity extrapolation. Under `accelerate launch` the lm-eval requests are split across the processes
+(data parallel); perplexity, extrapolation and image run whole on every process; rank 0 writes the results.
 
     plait-eval outputs/demo --suites standard --limit 100
     plait-eval runs/tiny --suites hellaswag perplexity --text default-corpus
@@ -162,8 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"plait-eval: error: {e}", file=sys.stderr)
         return 2
-    print(written["summary"].read_text())
-    print(f"plait-eval: results in {written['results']}")
+    if written:  # the main process (under `accelerate launch`, the others only lend their device)
+        print(written["summary"].read_text())
+        print(f"plait-eval: results in {written['results']}")
     return 0
 
 

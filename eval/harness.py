@@ -80,7 +80,8 @@ def lm_eval_suite(
 ) -> dict[str, Any]:
     """Score `model` on lm-eval `tasks`; returns {"tasks": {name: {metric: value, metric_stderr: value,
     "n_samples": n, ...}}, "groups": {...}, "group_subtasks": {group: [children]}, "configs": {name: task
-    config}, "lm_eval": {version, settings}}.
+    config}, "lm_eval": {version, settings}}; under `accelerate launch` the requests are split across the
+    processes and rank 0 gets the results (the other ranks get {}).
 
     `limit` caps the documents per task (an int, or a fraction of each task when < 1). `max_length` is the
     context window lm-eval truncates to (default: the model's `max_position_embeddings`). `bootstrap_iters`
@@ -102,6 +103,7 @@ def lm_eval_suite(
     lm = HFLM(
         pretrained=model, tokenizer=tokenizer, backend="causal", batch_size=batch_size, max_length=max_length
     )
+    _data_parallel(lm)
     out = lm_eval.simple_evaluate(
         model=lm,
         tasks=list(tasks),
@@ -115,6 +117,8 @@ def lm_eval_suite(
         fewshot_random_seed=seed,
         log_samples=samples,
     )
+    if out is None:  # a data-parallel rank other than 0: the results are gathered on rank 0
+        return {}
     tasks_out = {name: _metrics(out, name) for name in out["results"] if name not in out.get("groups", {})}
     groups_out = {name: _metrics(out, name) for name in out.get("groups", {})}
     for name, metrics in groups_out.items():
@@ -137,6 +141,20 @@ def lm_eval_suite(
         },
         **({"samples": _jsonable(out["samples"])} if samples else {}),
     }
+
+
+def _data_parallel(lm) -> None:
+    """Under `accelerate launch` with several processes, split lm-eval's requests across them. HFLM does this
+    only for models it loads by name; for an in-memory model it leaves the wiring to the caller (each
+    process holds its own copy of the model on its own device)."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    if state.num_processes > 1:
+        from accelerate import Accelerator
+
+        lm.accelerator = Accelerator()
+        lm._rank, lm._world_size = state.process_index, state.num_processes
 
 
 def _metrics(out: dict, name: str) -> dict[str, Any]:

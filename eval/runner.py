@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import PartialState
 
 from . import loading
 from .data_cache import SOURCES, data_dir
@@ -39,7 +40,8 @@ def machine(device: str) -> dict[str, Any]:
 def evaluate(args: argparse.Namespace, tasks: list[str], suites: list[str]) -> tuple[dict, dict[str, Path]]:
     started = time.time()
     torch.manual_seed(args.seed)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    state = PartialState()  # one process, or one of several under `accelerate launch`
+    device = args.device or str(state.device)
     dtype = getattr(torch, args.dtype)
     model_dir = loading.resolve_model_dir(args.model)
     image_model = loading.is_image_classifier(model_dir)
@@ -92,6 +94,8 @@ def evaluate(args: argparse.Namespace, tasks: list[str], suites: list[str]) -> t
             results["suites"]["image"] = _image_suite(model, processor, args, progress)
         results["seconds"][suite] = round(time.time() - start, 1)
     results["wall_seconds"] = round(time.time() - started, 1)
+    if not state.is_main_process:
+        return results, {}
     from .report import write_report
 
     out_dir = args.output_dir or model_dir / "eval"
