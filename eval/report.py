@@ -59,8 +59,11 @@ def headline_rows(lm_eval: dict[str, Any]) -> list[tuple[str, str, float, float 
         if name in children:
             continue
         metric = HEADLINE.get(name, "acc")
-        if metric not in metrics:
-            continue
+        if metric not in metrics:  # e.g. a generative hub task: its first metric
+            numeric = [k for k in metrics if not k.endswith("_stderr") and k != "n_samples"]
+            if not numeric:
+                continue
+            metric = numeric[0]
         rows.append(
             (name, metric, metrics[metric], metrics.get(f"{metric}_stderr"), metrics.get("n_samples"))
         )

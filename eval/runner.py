@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import sys
 import time
 from datetime import datetime, timezone
 from importlib import metadata
@@ -54,7 +53,7 @@ def evaluate(args: argparse.Namespace, tasks: list[str], suites: list[str]) -> t
     else:
         model, processor = loading.load_causal_lm(model_dir, args.tokenizer, device, dtype)
     results: dict[str, Any] = {
-        "command": " ".join(["plait-eval", *sys.argv[1:]]) if sys.argv[0].endswith("plait-eval") else None,
+        "arguments": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": {
             "path": str(model_dir),
