@@ -10,7 +10,8 @@ built-in tasks instead, which download their data sets.
 
 Pitfalls handled here: the tokenizer object is passed (else HFLM fetches one from the hub by name); the batch
 size is an integer (`"auto"` probes 64 x max_length, very slow on CPU); only Plait's folder is indexed
-(lm-eval's ~14.7k built-in tasks take ~11 s to index).
+(lm-eval's ~14.7k built-in tasks take ~11 s to index); the YAMLs load their data through `custom_dataset`
+functions, not `dataset_kwargs.data_files` (whose paths resolve against the working directory).
 """
 
 from __future__ import annotations
@@ -46,13 +47,15 @@ class _DropCustomDatasetNotice(logging.Filter):
         return "Custom kwargs can be passed" not in record.getMessage()
 
 
+logging.getLogger("lm_eval.api.task").addFilter(_DropCustomDatasetNotice())
+
+
 def task_manager(hub: bool = False):
     """lm-eval's `TaskManager` over Plait's offline task folder, or over lm-eval's built-in tasks (`hub`)."""
     from lm_eval.tasks import TaskManager
 
     if hub:
         return TaskManager()
-    logging.getLogger("lm_eval.api.task").addFilter(_DropCustomDatasetNotice())
     return TaskManager(include_path=str(LOCAL_TASKS_DIR), include_defaults=False)
 
 
