@@ -137,7 +137,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         print("\nplait-eval on the saved model:")
         status = plait_eval(
             [args.output_dir, "--suites", *args.eval_suites, "--limit", str(args.eval_limit)]
-            + ["--text", "default-corpus", "--train-length", str(args.block_size), "--no-progress"]
+            + ["--text", "default-corpus", "--max-documents", "8", "--train-length", str(args.block_size)]
+            + ["--no-progress"]
         )
         if status:
             raise SystemExit(f"plait-eval failed (exit status {status})")
