@@ -8,11 +8,18 @@ launch/README.md); alone it trains in one process.
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 
 import yaml
 
-from .recipe import RecipeError, load_recipe
+from .errors import RunError
+from .recipe import RecipeError, load_recipe, model_config
+from .run_dir import AlreadyFinished
+
+# Failures of the machine rather than of Plait, reported in one line: a full disk, a quota, a read-only or
+# forbidden path.
+USER_OS_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -30,7 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--print",
         dest="print_only",
         action="store_true",
-        help="print the validated recipe and exit without training",
+        help="print the validated recipe and model config and exit without training",
     )
     # The `deepspeed` launcher passes --local_rank; the rank is read from the environment instead.
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
@@ -43,13 +50,25 @@ def main(argv: list[str] | None = None) -> int:
         recipe = load_recipe(args.recipe, args.overrides)
         if args.print_only:
             print(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+            if recipe.model.pretrained is None:
+                print("# model config (validated; vocab_size comes from the tokenizer when unset):")
+                print(model_config(recipe).to_json_string(use_diff=False))
             return 0
         from .trainer import run
 
         result = run(recipe)
-    except RecipeError as e:
+    except AlreadyFinished as e:
+        print(f"plait-train: {e}; nothing to do")
+        return 0
+    except (RecipeError, RunError) as e:
         print(f"plait-train: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        if e.errno not in USER_OS_ERRORS:
+            raise
+        # the checkpoint being written is in .staging/ and never replaces the last complete one
+        print(f"plait-train: error: {e.strerror} writing {e.filename or 'the output'}", file=sys.stderr)
+        return 1
     if result.final_dir is not None and result.trainer.args.should_save:
         print(f"plait-train: final model saved to {result.final_dir}")
     return 0

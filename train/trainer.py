@@ -23,6 +23,7 @@ Python/NumPy/torch RNG states and the data position (it skips the batches alread
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -41,13 +42,16 @@ from transformers import (
     default_data_collator,
     set_seed,
 )
-from transformers.trainer_utils import get_last_checkpoint
 
 from plait.eval.periodic import periodic_evaluation
 from plait.modeling.diagnostics import residual_mixing
 
 from .data import build_lm_dataset, iter_texts, load_documents
-from .recipe import Recipe, RecipeError
+from .errors import RunError
+from .lifecycle import exit_with_parent, launched_worker
+from .pretrained import load_pretrained
+from .recipe import Recipe, RecipeError, model_config
+from .run_dir import DirectoryLock, prepare
 
 STAGING_DIR = ".staging"
 
@@ -145,6 +149,7 @@ class PlaitTrainer(Trainer):
         self.clock = _Clock()
         self.add_callback(self.clock)
         self.probe_ids: torch.Tensor | None = None  # one training sequence, to log the HC composite gain on
+        self.last_finite: dict[str, float] = {}  # the last logged step whose loss and grad norm were finite
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         self.probe_ids = inputs["input_ids"][:1].detach()
@@ -161,6 +166,41 @@ class PlaitTrainer(Trainer):
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
+
+    def _maybe_log_save_evaluate(self, tr_loss, grad_norm, *args, **kwargs):
+        # Before a log line or a checkpoint: a non-finite loss (summed since the last log) or gradient norm
+        # stops the run, so NaN weights are never saved over the last good checkpoint nor logged as a loss.
+        if self.control.should_log or self.control.should_save:
+            self._stop_if_not_finite(tr_loss, grad_norm)
+        super()._maybe_log_save_evaluate(tr_loss, grad_norm, *args, **kwargs)
+
+    def _stop_if_not_finite(self, tr_loss: torch.Tensor, grad_norm) -> None:
+        norm = torch.as_tensor(0.0 if grad_norm is None else grad_norm, dtype=torch.float32)
+        values = torch.stack([tr_loss.detach().float().reshape(()), norm.to(tr_loss.device).reshape(())])
+        values = self.accelerator.gather(values).view(-1, 2)  # every rank stops alike
+        if torch.isfinite(values).all():
+            return
+        what = " and ".join(
+            name
+            for name, column in (("loss", 0), ("gradient norm", 1))
+            if not torch.isfinite(values[:, column]).all()
+        )
+        last = self.last_finite
+        since = f"last finite at step {last['step']}: {last}" if last else "no finite value was logged yet"
+        raise RunError(
+            f"training diverged: non-finite {what} at step {self.state.global_step} ({since}); nothing was "
+            "saved from this step. Lower optim.lr, raise optim.warmup_steps or set optim.max_grad_norm, then "
+            "resume from the last checkpoint."
+        )
+
+    def _stop_if_weights_not_finite(self, model: torch.nn.Module) -> None:
+        local = [getattr(p, "ds_tensor", p) for p in model.parameters()]  # ZeRO-3: this rank's partition
+        bad = torch.tensor([float(any(not torch.isfinite(p).all() for p in local if p.numel()))])
+        if self.accelerator.gather(bad.to(self.accelerator.device)).any():
+            raise RunError(
+                f"training diverged: the weights hold non-finite values at step {self.state.global_step}; "
+                "checkpoint not saved (the previous one is kept)"
+            )
 
     def get_decay_parameter_names(self, model: torch.nn.Module) -> list[str]:
         no_decay = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
@@ -184,6 +224,11 @@ class PlaitTrainer(Trainer):
                     logs["mfu"] = tflops / self.peak
             self.clock.mark, self.clock.step = now, self.state.global_step
             logs.update(composite_gain(self.accelerator.unwrap_model(self.model), self.probe_ids))
+            self.last_finite = {
+                "step": self.state.global_step,
+                "loss": logs["loss"],
+                **({"grad_norm": logs["grad_norm"]} if "grad_norm" in logs else {}),
+            }
         super().log(logs, start_time)
 
     def _get_output_dir(self, trial) -> str:
@@ -191,7 +236,9 @@ class PlaitTrainer(Trainer):
         return os.path.join(run_dir, STAGING_DIR) if getattr(self, "_staging", False) else run_dir
 
     def _save_checkpoint(self, model, trial) -> None:
-        """Write the checkpoint under `.staging/`, then (all ranks done) rename it into place and rotate."""
+        """Write the checkpoint under `.staging/`, then (all ranks done) rename it into place and rotate.
+        Weights that are not all finite are never saved: the run stops with the last good checkpoint kept."""
+        self._stop_if_weights_not_finite(model)
         run_dir = self._get_output_dir(trial)
         name = f"checkpoint-{self.state.global_step}"
         staged, final = os.path.join(run_dir, STAGING_DIR, name), os.path.join(run_dir, name)
@@ -215,6 +262,8 @@ class PlaitTrainer(Trainer):
                 os.rename(staged, final)
             _fsync_dir(run_dir)
             rotate(run_dir, self.keep_last)
+            with contextlib.suppress(OSError):  # leave no empty staging directory behind
+                os.rmdir(os.path.join(run_dir, STAGING_DIR))
         self.accelerator.wait_for_everyone()
 
 
@@ -302,6 +351,7 @@ def training_arguments(recipe: Recipe) -> TrainingArguments:
         logging_first_step=True,
         eval_strategy="steps" if ev.every else "no",
         eval_steps=ev.every or None,
+        logging_nan_inf_filter=False,  # a non-finite loss stops the run (PlaitTrainer), never logs as 0
         save_strategy="steps" if c.every else "no",
         save_steps=c.every or 1,
         report_to=report_to,
@@ -337,22 +387,21 @@ def load_tokenizer(recipe: Recipe, args: TrainingArguments, documents) -> Any:
 
 
 def build_model(recipe: Recipe, tokenizer) -> torch.nn.Module:
-    from plait.modeling import PlaitConfig, PlaitForCausalLM
+    from plait.modeling import PlaitForCausalLM
 
     if recipe.model.pretrained:
-        model = PlaitForCausalLM.from_pretrained(
-            recipe.model.pretrained, attn_implementation=recipe.model.attn_implementation, dtype=torch.float32
+        model = load_pretrained(
+            recipe.model.pretrained,
+            PlaitForCausalLM,
+            attn_implementation=recipe.model.attn_implementation,
+            dtype=torch.float32,
         )
     else:
-        kwargs = dict(recipe.model.config)
-        kwargs.setdefault("vocab_size", len(tokenizer))
-        kwargs.setdefault("max_position_embeddings", recipe.data.seq_len)
-        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
-            kwargs.setdefault(name, getattr(tokenizer, name))
-        try:
-            config = PlaitConfig(**kwargs)
-        except (TypeError, ValueError) as e:
-            raise RecipeError(f"model.config is invalid: {e}") from e
+        config = model_config(
+            recipe,
+            vocab_size=len(tokenizer),
+            **{name: getattr(tokenizer, name) for name in ("bos_token_id", "eos_token_id", "pad_token_id")},
+        )
         config._attn_implementation = recipe.model.attn_implementation
         model = PlaitForCausalLM(config)
     if model.config.vocab_size < len(tokenizer):
@@ -364,6 +413,22 @@ def build_model(recipe: Recipe, tokenizer) -> torch.nn.Module:
     # No cache in training: transformers only detects packed (document-masked) sequences without one.
     model.config.use_cache = False
     return model
+
+
+def describe_engine(trainer: Trainer, recipe: Recipe) -> str:
+    """One line: the engine, world size and precision that actually run (from Accelerate's state). A
+    launcher that asked for FSDP and got another engine (Accelerate drops FSDP on CPU) is an error."""
+    state = trainer.accelerator.state
+    asked_fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    if asked_fsdp and str(state.distributed_type) != "DistributedType.FSDP":
+        raise RunError(
+            f"the launcher asked for FSDP but Accelerate runs {state.distributed_type} here (it drops FSDP "
+            "on CPU): the run would not shard. Use launch/accelerate/ddp.yaml or a ZeRO config on CPU."
+        )
+    engine = str(state.distributed_type).rsplit(".", 1)[-1]
+    if state.deepspeed_plugin is not None:
+        engine += f" ZeRO-{state.deepspeed_plugin.zero_stage}"
+    return f"engine {engine}, world size {state.num_processes}, precision {recipe.train.precision}"
 
 
 def _deepspeed_cpu_without_shm() -> None:
@@ -392,13 +457,40 @@ def run(recipe: Recipe, callbacks: list[TrainerCallback] | None = None) -> RunRe
     deepspeed = recipe.engine.deepspeed or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
     if deepspeed and not torch.cuda.is_available():
         _deepspeed_cpu_without_shm()
+    if launched_worker():
+        exit_with_parent()
     args = training_arguments(recipe)
     output_dir = Path(recipe.train.output_dir)
-    if args.should_save:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(output_dir / STAGING_DIR, ignore_errors=True)  # partial saves of a crashed run
-        (output_dir / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2))
+    lock = DirectoryLock(output_dir)
+    try:
+        resume = _prepare_output_dir(recipe, args, lock)
+        return _train(recipe, args, resume, callbacks)
+    finally:
+        lock.release()
 
+
+def _prepare_output_dir(recipe: Recipe, args: TrainingArguments, lock: DirectoryLock) -> str | None:
+    """The main process locks and checks the output directory (`run_dir.prepare`); every rank gets its
+    verdict: the checkpoint to resume from, or the error."""
+    verdict: tuple[str | None, Exception | None] = (None, None)
+    if args.should_save:
+        try:
+            verdict = (prepare(recipe, lock), None)
+            shutil.rmtree(Path(recipe.train.output_dir) / STAGING_DIR, ignore_errors=True)  # a crashed save
+        except (RunError, RecipeError) as e:
+            verdict = (None, e)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        shared = [verdict]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        verdict = shared[0]
+    resume, error = verdict
+    if error is not None:
+        raise error
+    return resume
+
+
+def _train(recipe: Recipe, args: TrainingArguments, resume: str | None, callbacks) -> RunResult:
+    output_dir = Path(recipe.train.output_dir)
     documents = load_documents(recipe.data)
     tokenizer = load_tokenizer(recipe, args, documents)
     cache_dir = recipe.data.cache_dir or str(output_dir / "data_cache")
@@ -437,11 +529,11 @@ def run(recipe: Recipe, callbacks: list[TrainerCallback] | None = None) -> RunRe
         },
     )
 
-    resume = recipe.checkpoint.resume
-    if resume == "auto":
-        resume = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
-    elif resume is not None and not Path(resume).is_dir():
-        raise RecipeError(f"checkpoint.resume={resume!r} is not a checkpoint directory")
+    engine = describe_engine(trainer, recipe)
+    if args.should_save:
+        print(
+            f"plait-train: {engine}; " + (f"resuming from {resume}" if resume else "fresh start"), flush=True
+        )
     trainer.train(resume_from_checkpoint=resume)
 
     if args.should_save:  # the whole run's metrics, also for runs started by a launcher (bench, scripts)
