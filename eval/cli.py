@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         results, written = evaluate(args, tasks, suites)
-    except (FileNotFoundError, ValueError) as e:
+    except (OSError, ValueError) as e:  # missing/unreadable paths (transformers raises OSError), bad values
         print(f"plait-eval: error: {e}", file=sys.stderr)
         return 2
     if written:  # the main process (under `accelerate launch`, the others only lend their device)
