@@ -24,7 +24,7 @@ def token_stream(tokenizer, texts, separator: int | None = None) -> torch.Tensor
     separator = tokenizer.eos_token_id if separator is None else separator
     ids: list[int] = []
     for text in texts:
-        ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
+        ids.extend(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
         if separator is not None:
             ids.append(separator)
     if len(ids) < 2:
