@@ -14,6 +14,7 @@ import sys
 import yaml
 
 from .errors import RunError
+from .lifecycle import one_warning_each
 from .recipe import RecipeError, load_recipe, model_config
 from .run_dir import AlreadyFinished
 
@@ -46,6 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    one_warning_each()
     try:
         recipe = load_recipe(args.recipe, args.overrides)
         if args.print_only:

@@ -1,4 +1,5 @@
-"""Workers end with their launcher.
+"""Process-level behaviour of a training process: workers end with their launcher, and library warnings are
+printed once.
 
 torch's elastic launcher (behind `accelerate launch` and `torchrun`) starts each worker in a session of its
 own, so killing the launcher, even its whole process group with `kill -9`, leaves the workers training and
@@ -12,6 +13,7 @@ import ctypes
 import os
 import signal
 import sys
+import warnings
 
 PR_SET_PDEATHSIG = 1
 
@@ -33,3 +35,24 @@ def exit_with_parent() -> bool:
 def launched_worker() -> bool:
     """This process was started by a distributed launcher (torchrun / accelerate / deepspeed set these)."""
     return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def one_warning_each() -> None:
+    """Each warning once per process, and library deprecations on rank 0 only. DeepSpeed's collectives call
+    deprecated `torch.distributed` functions every step, and libraries enter `warnings.catch_warnings` so
+    often that Python's own "once" registry is cleared between calls (it resets whenever the filters change):
+    by default such a warning prints on every step of every rank. The filters are left alone (a test that
+    turns warnings into errors still gets its errors); only what is printed is deduplicated."""
+    main = int(os.environ.get("RANK", "0")) == 0
+    shown: set[tuple[str, type]] = set()
+    show = warnings.showwarning
+
+    def show_once(message, category, filename, lineno, file=None, line=None):
+        if not main and issubclass(category, (FutureWarning, DeprecationWarning)):
+            return
+        if (str(message), category) in shown:
+            return
+        shown.add((str(message), category))
+        show(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show_once
