@@ -20,10 +20,10 @@ import time
 
 import torch
 
+from plait.eval.corpus import default_corpus
 from plait.eval.extrapolation import length_extrapolation
 from plait.eval.perplexity import token_stream
 from plait.modeling import PlaitConfig, PlaitForCausalLM
-from plait.train.corpus import default_corpus
 from plait.train.tokenizer import train_bpe_tokenizer
 
 

@@ -93,8 +93,8 @@ def ablation(args, device: str) -> dict:
     """Same model size, same token budget, same data order: validation loss of each variant."""
     from datasets import Dataset
 
+    from plait.eval.corpus import default_corpus
     from plait.eval.perplexity import evaluate_loss
-    from plait.train.corpus import default_corpus
     from plait.train.tokenizer import train_bpe_tokenizer
 
     corpus = default_corpus(max_files=args.corpus_files)

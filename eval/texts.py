@@ -17,6 +17,8 @@ from pathlib import Path
 
 from datasets import load_dataset, load_from_disk
 
+from .corpus import split_documents
+
 
 def load_texts(spec: str, max_documents: int | None = None) -> list[str]:
     """The documents `spec` names (see the module docstring), at most `max_documents` of them."""
@@ -25,10 +27,6 @@ def load_texts(spec: str, max_documents: int | None = None) -> list[str]:
 
         texts = lambada_openai()["test"]["text"]
     elif spec == "default-corpus":
-        # The corpus module is a leaf (stdlib + datasets); imported lazily so plait.eval does not need
-        # plait.train otherwise.
-        from plait.train.corpus import split_documents
-
         texts = split_documents("validation", max_documents=max_documents)
     elif spec.startswith("hf:"):
         texts = _hub_texts(spec)

@@ -21,9 +21,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingA
 
 import plait.modeling  # noqa: F401  (registers Plait with the Auto classes)
 from plait.eval.cli import main as plait_eval
+from plait.eval.corpus import default_corpus
 from plait.eval.perplexity import evaluate_loss, unigram_cross_entropy
 from plait.modeling import PlaitConfig, PlaitForCausalLM
-from plait.train.corpus import default_corpus
 from plait.train.data import tokenize_and_pack
 from plait.train.tokenizer import train_bpe_tokenizer
 
