@@ -1,6 +1,6 @@
 """Training recipes: YAML files validated into dataclasses, with `--set a.b=c` overrides.
 
-A recipe has eight sections (`model`, `data`, `optim`, `train`, `checkpoint`, `logging`, `engine`,
+A recipe has nine sections (`model`, `data`, `optim`, `train`, `checkpoint`, `logging`, `eval`, `engine`,
 `finetune`), each a dataclass below. Loading rejects unknown keys (naming the valid ones), values of the
 wrong type and values outside their allowed choices or range, always naming the key (as a dotted path) and
 the offending value.
@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+
+from plait.eval.harness import LOCAL_TASKS
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 
@@ -110,6 +112,16 @@ class LoggingRecipe:
 
 
 @dataclass
+class EvalRecipe:
+    every: int = 0  # steps between evaluations (plait.eval.periodic); 0 disables periodic evaluation
+    split: str = "validation"  # held-out split of data.source (the default corpus: its validation files)
+    max_documents: int = 50  # held-out documents scored for loss/perplexity
+    tasks: list[str] = field(default_factory=list)  # lm-eval tasks also scored (e.g. hellaswag, arc_easy)
+    limit: int = 100  # documents per lm-eval task
+    batch_size: int = 8
+
+
+@dataclass
 class EngineRecipe:
     # Usually the engine comes from the launcher (`accelerate launch --config_file launch/accelerate/*.yaml`).
     # Set this to a DeepSpeed JSON (e.g. launch/deepspeed/zero3.json) when starting with the `deepspeed`
@@ -153,6 +165,7 @@ class Recipe:
     train: TrainRecipe = field(default_factory=TrainRecipe)
     checkpoint: CheckpointRecipe = field(default_factory=CheckpointRecipe)
     logging: LoggingRecipe = field(default_factory=LoggingRecipe)
+    eval: EvalRecipe = field(default_factory=EvalRecipe)
     engine: EngineRecipe = field(default_factory=EngineRecipe)
     finetune: FinetuneRecipe = field(default_factory=FinetuneRecipe)
 
@@ -200,6 +213,10 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "finetune.kappa_fraction": (lambda v: v is None or 0 < v <= 1, "null or a number in (0, 1]"),
     "finetune.kappa_max_dim": (lambda v: v is None or v >= 1, "null or an integer >= 1"),
     "logging.peak_tflops": (lambda v: v is None or v > 0, "null or a positive number"),
+    "eval.every": (lambda v: v >= 0, "an integer >= 0 (0 disables periodic evaluation)"),
+    "eval.max_documents": (lambda v: v >= 1, "an integer >= 1"),
+    "eval.limit": (lambda v: v >= 1, "an integer >= 1"),
+    "eval.batch_size": (lambda v: v >= 1, "an integer >= 1"),
 }
 
 
@@ -331,9 +348,22 @@ def _cross_checks(recipe: Recipe) -> None:
         for i, p in enumerate(data.paths):
             if not Path(p).expanduser().exists():
                 raise RecipeError(f"data.paths[{i}]={p!r} does not exist")
+    if recipe.eval.every and data.source == "files":
+        raise RecipeError(
+            f"eval.every={recipe.eval.every} needs held-out text, but data.source='files' has no "
+            f"{recipe.eval.split!r} split; use data.source 'default' or 'hub', or set eval.every=0"
+        )
+    unknown = [t for t in recipe.eval.tasks if t not in LOCAL_TASKS]
+    if unknown:
+        raise RecipeError(f"eval.tasks has unknown task(s) {unknown}; choose from {', '.join(LOCAL_TASKS)}")
     if recipe.engine.deepspeed is not None and not Path(recipe.engine.deepspeed).is_file():
         raise RecipeError(f"engine.deepspeed={recipe.engine.deepspeed!r} is not a DeepSpeed JSON file")
     ft = recipe.finetune
+    if recipe.eval.every and ft.method is not None and ft.task != "causal_lm":
+        raise RecipeError(
+            f"eval.every={recipe.eval.every} evaluates language models; finetune.task={ft.task!r} is not one "
+            "(set eval.every=0)"
+        )
     if ft.method is not None and not recipe.model.pretrained:
         raise RecipeError(f"finetune.method={ft.method!r} needs model.pretrained (the model to fine-tune)")
     if ft.method is not None and ft.method.startswith("kappatune"):

@@ -13,7 +13,9 @@ What Plait adds to `Trainer`:
 - weight-decay groups: only parameters of two or more dimensions decay, minus any the model names in
   `no_weight_decay()` (biases, norm gains and static hyper-connection parameters stay undecayed);
 - throughput metrics in every log line: tokens/s, achieved TFLOPs per device and MFU (see `flops_per_token`),
-  plus the hyper-connection composite gain when `plait.modeling.diagnostics` provides one.
+  plus the hyper-connection composite gain when `plait.modeling.diagnostics` provides one;
+- periodic evaluation (`eval.every`): `plait.eval.periodic` on held-out text and lm-eval tasks, logged as
+  `eval_*` (every rank runs the same evaluation, so sharded models stay in step).
 
 Resume (`checkpoint.resume: auto`) uses `Trainer`'s own restore: model, optimizer, scheduler, scaler, the
 Python/NumPy/torch RNG states and the data position (it skips the batches already consumed).
@@ -31,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from datasets import Dataset
 from transformers import (
     AutoTokenizer,
     Trainer,
@@ -40,6 +43,7 @@ from transformers import (
     set_seed,
 )
 
+from plait.eval.periodic import periodic_evaluation
 from plait.modeling.diagnostics import residual_mixing
 
 from .data import build_lm_dataset, iter_texts, load_documents
@@ -136,9 +140,11 @@ class PlaitTrainer(Trainer):
         tokens_per_step: int = 0,
         seq_len: int = 0,
         peak: float | None = None,
+        evaluation: dict[str, Any] | None = None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        self.evaluation = evaluation or {}  # periodic_evaluation's settings (eval_dataset holds the texts)
         self.keep_last = keep_last
         self.tokens_per_step = tokens_per_step
         self.peak = peak
@@ -152,6 +158,18 @@ class PlaitTrainer(Trainer):
         ids = inputs.get("input_ids")  # none for image models
         self.probe_ids = ids[:1].detach() if ids is not None else None
         return super().training_step(model, inputs, num_items_in_batch)
+
+    def evaluate(
+        self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"
+    ) -> dict[str, float]:
+        """Plait's evaluation (`plait.eval.periodic`) instead of `Trainer`'s loss loop."""
+        texts = (eval_dataset or self.eval_dataset)["text"]
+        model = self.accelerator.unwrap_model(self.model)
+        scored = periodic_evaluation(model, self.processing_class, list(texts), **self.evaluation)
+        metrics = {f"{metric_key_prefix}_{name}": value for name, value in scored.items()}
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
 
     def _maybe_log_save_evaluate(self, tr_loss, grad_norm, *args, **kwargs):
         # Before a log line or a checkpoint: a non-finite loss (summed since the last log) or gradient norm
@@ -312,7 +330,7 @@ def _scheduler(recipe: Recipe) -> tuple[str, dict[str, Any]]:
 
 
 def training_arguments(recipe: Recipe) -> TrainingArguments:
-    t, o, c, lg = recipe.train, recipe.optim, recipe.checkpoint, recipe.logging
+    t, o, c, lg, ev = recipe.train, recipe.optim, recipe.checkpoint, recipe.logging, recipe.eval
     scheduler, scheduler_kwargs = _scheduler(recipe)
     report_to = ["wandb"] if lg.wandb else []
     if t.precision == "fp16" and not torch.cuda.is_available():
@@ -339,6 +357,8 @@ def training_arguments(recipe: Recipe) -> TrainingArguments:
         torch_compile=t.compile,
         logging_steps=lg.every,
         logging_first_step=True,
+        eval_strategy="steps" if ev.every else "no",
+        eval_steps=ev.every or None,
         logging_nan_inf_filter=False,  # a non-finite loss stops the run (PlaitTrainer), never logs as 0
         save_strategy="steps" if c.every else "no",
         save_steps=c.every or 1,
@@ -495,6 +515,11 @@ def _train(recipe: Recipe, args: TrainingArguments, resume: str | None, callback
             )
         set_seed(recipe.train.seed)  # the initial weights depend only on the seed
         model = build_model(recipe, tokenizer)
+
+    held_out = None
+    if recipe.eval.every:  # language models only (the recipe checks)
+        held_out = load_documents(recipe.data, recipe.eval.split)
+        held_out = Dataset.from_dict({"text": list(iter_texts(held_out, recipe.eval.max_documents))})
     tokens_per_step = (
         recipe.train.micro_batch_size * recipe.train.grad_accum * args.world_size * recipe.data.seq_len
     )
@@ -502,6 +527,7 @@ def _train(recipe: Recipe, args: TrainingArguments, resume: str | None, callback
         model=model,
         args=args,
         train_dataset=dataset,
+        eval_dataset=held_out,
         data_collator=collator,
         processing_class=tokenizer,
         callbacks=callbacks,
@@ -509,6 +535,12 @@ def _train(recipe: Recipe, args: TrainingArguments, resume: str | None, callback
         tokens_per_step=tokens_per_step,
         seq_len=recipe.data.seq_len,
         peak=peak_tflops(recipe.train.precision, recipe.logging.peak_tflops),
+        evaluation={
+            "seq_len": recipe.data.seq_len,
+            "tasks": recipe.eval.tasks,
+            "limit": recipe.eval.limit,
+            "batch_size": recipe.eval.batch_size,
+        },
     )
 
     engine = describe_engine(trainer, recipe)

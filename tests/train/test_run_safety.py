@@ -35,6 +35,11 @@ def recipe(output_dir: Path, *overrides: str):
     return load_recipe("tiny", [f"train.output_dir={output_dir}", *TINY, *overrides])
 
 
+def from_pretrained(model_dir: Path, output_dir: Path):
+    """The tiny recipe starting from `model_dir` (its config.json defines the model)."""
+    return recipe(output_dir, "model.config={}", f"model.pretrained={model_dir}")
+
+
 def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(
@@ -171,17 +176,7 @@ def test_llama_checkpoint_as_pretrained_points_to_the_converter(tmp_path):
     with pytest.raises(
         RecipeError, match="is a 'llama' checkpoint, not 'plait'.*plait.modeling.convert_llama"
     ):
-        run(
-            load_recipe(
-                "tiny",
-                [
-                    f"train.output_dir={tmp_path / 'run'}",
-                    *TINY,
-                    "model.config={}",
-                    f"model.pretrained={tmp_path / 'llama'}",
-                ],
-            )
-        )
+        run(from_pretrained(tmp_path / "llama", tmp_path / "run"))
 
 
 @pytest.mark.parametrize("change", ["missing", "unexpected"])
@@ -196,17 +191,7 @@ def test_incomplete_or_extra_tensors_are_refused(finished, tmp_path, change):
     with pytest.raises(
         RecipeError, match=f"does not match the model tensor for tensor \\({change}: model.layers"
     ):
-        run(
-            load_recipe(
-                "tiny",
-                [
-                    f"train.output_dir={tmp_path / 'run'}",
-                    *TINY,
-                    "model.config={}",
-                    f"model.pretrained={tmp_path / 'model'}",
-                ],
-            )
-        )
+        run(from_pretrained(tmp_path / "model", tmp_path / "run"))
 
 
 # ------------------------------------------------------------------------------------------ run directories
@@ -333,17 +318,7 @@ def test_truncated_pretrained_weights_are_refused(finished, tmp_path):
     weights = tmp_path / "model" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-1000])
     with pytest.raises(RecipeError, match="model.pretrained=.*(cannot be read|does not match)"):
-        run(
-            load_recipe(
-                "tiny",
-                [
-                    f"train.output_dir={tmp_path / 'run'}",
-                    *TINY,
-                    "model.config={}",
-                    f"model.pretrained={tmp_path / 'model'}",
-                ],
-            )
-        )
+        run(from_pretrained(tmp_path / "model", tmp_path / "run"))
 
 
 def test_a_full_disk_is_one_line(monkeypatch, capsys):
