@@ -87,6 +87,8 @@ def test_finetune_recipe_validation():
         recipe_from_dict({**base, "finetune": {"method": "lora", "r": 0}})
     with pytest.raises(RecipeError, match="skan_families"):
         recipe_from_dict({**base, "finetune": {"method": "kan_skan", "skan_families": ["fourier"]}})
+    with pytest.raises(RecipeError, match="eval.every=5 evaluates language models"):
+        load_recipe("finetune-minilm-sst2", ["eval.every=5"])
     for name in ("finetune-lm-nera", "finetune-lm-kappatune", "finetune-minilm-sst2"):
         assert load_recipe(name).finetune.method is not None
 
