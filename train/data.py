@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow.compute as pc
-from datasets import Dataset, IterableDataset, Value, load_dataset
+from datasets import Dataset, DatasetDict, IterableDataset, Value, load_dataset, load_from_disk
 
 from plait.eval.corpus import split_documents
 
@@ -126,6 +126,34 @@ def _default_documents(split: str, max_documents: int | None) -> Dataset:
     return Dataset.from_dict({"text": texts})
 
 
+def load_raw(data: DataRecipe, split: str | None = None) -> Dataset | IterableDataset:
+    """The recipe's data set as stored (every column), from files, the hub or a `save_to_disk` folder."""
+    split = split or data.split
+    if data.source == "files":
+        builder = _builder_for(data.paths)
+        for i, p in enumerate(data.paths):
+            check_file(Path(p).expanduser(), builder, data.text_field, f"data.paths[{i}]")
+        kwargs: dict[str, Any] = {"data_files": {split: list(data.paths)}}
+        if builder == "text":
+            kwargs["sample_by"] = "document"  # one document per file, not per line
+        return load_dataset(
+            builder, split=split, streaming=data.streaming, cache_dir=data.cache_dir, **kwargs
+        )
+    if data.source == "disk":
+        ds = load_from_disk(str(Path(data.paths[0]).expanduser()))
+        if isinstance(ds, DatasetDict):
+            if split not in ds:
+                raise RecipeError(f"data.split={split!r} is not in {data.paths[0]}; splits: {list(ds)}")
+            ds = ds[split]
+        return ds.to_iterable_dataset(num_shards=1) if data.streaming else ds
+    try:
+        return load_dataset(
+            data.name, data.subset, split=split, streaming=data.streaming, cache_dir=data.cache_dir
+        )
+    except (ConnectionError, FileNotFoundError) as e:  # offline, or no such dataset / split
+        raise RecipeError(f"data.name={data.name!r} could not be loaded: {e}") from e
+
+
 def load_documents(data: DataRecipe, split: str | None = None) -> Dataset | IterableDataset:
     """The training documents as a (possibly streaming) dataset with a `text` column."""
     split = split or data.split
@@ -135,23 +163,7 @@ def load_documents(data: DataRecipe, split: str | None = None) -> Dataset | Iter
             ds = ds.to_iterable_dataset(num_shards=1)
         text_field = "text"
     else:
-        if data.source == "files":
-            builder = _builder_for(data.paths)
-            for i, p in enumerate(data.paths):
-                check_file(Path(p).expanduser(), builder, data.text_field, f"data.paths[{i}]")
-            kwargs: dict[str, Any] = {"data_files": {split: list(data.paths)}}
-            if builder == "text":
-                kwargs["sample_by"] = "document"  # one document per file, not per line
-            ds = load_dataset(
-                builder, split=split, streaming=data.streaming, cache_dir=data.cache_dir, **kwargs
-            )
-        else:
-            try:
-                ds = load_dataset(
-                    data.name, data.subset, split=split, streaming=data.streaming, cache_dir=data.cache_dir
-                )
-            except (ConnectionError, FileNotFoundError) as e:  # offline, or no such dataset / split
-                raise RecipeError(f"data.name={data.name!r} could not be loaded: {e}") from e
+        ds = load_raw(data, split)
         text_field = data.text_field
         columns = ds.column_names
         if columns is not None and text_field not in columns:

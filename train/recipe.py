@@ -1,9 +1,9 @@
 """Training recipes: YAML files validated into dataclasses, with `--set a.b=c` overrides.
 
-A recipe has eight sections (`model`, `data`, `optim`, `train`, `checkpoint`, `logging`, `eval`, `engine`),
-each a dataclass below. Loading rejects unknown keys (naming the valid ones), values of the wrong type and
-values outside their allowed choices or range, always naming the key (as a dotted path) and the offending
-value.
+A recipe has nine sections (`model`, `data`, `optim`, `train`, `checkpoint`, `logging`, `eval`, `engine`,
+`finetune`), each a dataclass below. Loading rejects unknown keys (naming the valid ones), values of the
+wrong type and values outside their allowed choices or range, always naming the key (as a dotted path) and
+the offending value.
 
 `model.config` is passed to the model's config class (`PlaitConfig` for `model.arch: plait-lm`), which does
 its own validation; `model.arch` leaves room for other architectures (a ViT recipe adds `plait-vit`).
@@ -42,12 +42,15 @@ class ModelRecipe:
 
 @dataclass
 class DataRecipe:
-    source: Literal["default", "files", "hub"] = "default"  # default = the embedded stdlib corpus
-    paths: list[str] = field(default_factory=list)  # source: files (text, .json/.jsonl, .parquet)
+    # default = the embedded stdlib corpus; disk = a `datasets` save_to_disk folder (paths[0])
+    source: Literal["default", "files", "hub", "disk"] = "default"
+    paths: list[str] = field(default_factory=list)  # source: files (text, .json/.jsonl, .parquet) or disk
     name: str | None = None  # source: hub dataset name
     subset: str | None = None  # source: hub dataset configuration
     split: str = "train"
     text_field: str = "text"
+    label_field: str = "label"  # finetune.task: sequence_classification / image_classification
+    image_field: str = "image"  # finetune.task: image_classification (PIL images)
     max_documents: int | None = None  # keep only the first N documents (smoke tests)
     tokenizer: str | None = None  # tokenizer dir/hub name; None trains a byte-level BPE on the training text
     tokenizer_train_documents: int = 2000  # documents the BPE is trained on when `tokenizer` is None
@@ -126,6 +129,34 @@ class EngineRecipe:
     deepspeed: str | None = None
 
 
+FinetuneMethod = Literal[
+    "full", "lora", "kan_nera", "kan_skan", "kappatune", "kappatune+lora", "kappatune+kan"
+]
+
+
+@dataclass
+class FinetuneRecipe:
+    # null: pretraining. Otherwise fine-tune `model.pretrained` (see plait.train.finetune).
+    method: FinetuneMethod | None = None
+    task: Literal["causal_lm", "sequence_classification", "image_classification"] = "causal_lm"
+    num_labels: int | None = None  # classification: label count; null reads it from the data
+    # Adapters: module names (full or trailing components) or one regex on full names; "all-linear" = every
+    # nn.Linear but the output head.
+    target_modules: list[str] | str = "all-linear"
+    modules_to_save: list[str] = field(default_factory=list)  # trained in full too (e.g. a new classifier)
+    r: int = 8  # adapter rank
+    alpha: float = 16.0  # adapter scale alpha / r
+    dropout: float = 0.0  # adapter input dropout
+    kan_grid_size: int = 8  # KAN basis functions per input
+    kan_grid_range: float = 3.0  # initial knots / grid on [-range, range]
+    skan_families: list[str] = field(default_factory=lambda: ["bspline", "rbf", "chebyshev", "wavelet"])
+    skan_select_at: float = 0.5  # S-KAN phase 2 starts at this fraction of train.max_steps; prune at the end
+    kappa_count: int | None = None  # KappaTune budget: the lowest-κ tensor count ...
+    kappa_fraction: float | None = None  # ... or a fraction of the model's parameters (give exactly one)
+    kappa_max_dim: int | None = None  # skip tensors with a dimension above this (embeddings, LM head)
+    kappa_cache: str | None = None  # κ cache JSON; null: <train.output_dir>/kappa.json
+
+
 @dataclass
 class Recipe:
     model: ModelRecipe = field(default_factory=ModelRecipe)
@@ -136,6 +167,7 @@ class Recipe:
     logging: LoggingRecipe = field(default_factory=LoggingRecipe)
     eval: EvalRecipe = field(default_factory=EvalRecipe)
     engine: EngineRecipe = field(default_factory=EngineRecipe)
+    finetune: FinetuneRecipe = field(default_factory=FinetuneRecipe)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -170,6 +202,16 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "checkpoint.every": (lambda v: v >= 0, "an integer >= 0 (0 disables periodic checkpoints)"),
     "checkpoint.keep_last": (lambda v: v is None or v >= 1, "null or an integer >= 1"),
     "logging.every": (lambda v: v >= 1, "an integer >= 1"),
+    "finetune.num_labels": (lambda v: v is None or v >= 2, "null or an integer >= 2"),
+    "finetune.r": (lambda v: v >= 1, "an integer >= 1"),
+    "finetune.alpha": (lambda v: 0 < v < float("inf"), "a positive finite number"),
+    "finetune.dropout": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "finetune.kan_grid_size": (lambda v: v >= 2, "an integer >= 2"),
+    "finetune.kan_grid_range": (lambda v: 0 < v < float("inf"), "a positive finite number"),
+    "finetune.skan_select_at": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    "finetune.kappa_count": (lambda v: v is None or v >= 1, "null or an integer >= 1"),
+    "finetune.kappa_fraction": (lambda v: v is None or 0 < v <= 1, "null or a number in (0, 1]"),
+    "finetune.kappa_max_dim": (lambda v: v is None or v >= 1, "null or an integer >= 1"),
     "logging.peak_tflops": (lambda v: v is None or v > 0, "null or a positive number"),
     "eval.every": (lambda v: v >= 0, "an integer >= 0 (0 disables periodic evaluation)"),
     "eval.max_documents": (lambda v: v >= 1, "an integer >= 1"),
@@ -298,9 +340,11 @@ def _cross_checks(recipe: Recipe) -> None:
         raise RecipeError(
             "data.paths is empty but data.source='files'; list the text/JSON/parquet files to train on"
         )
+    if data.source == "disk" and len(data.paths) != 1:
+        raise RecipeError(f"data.paths={data.paths!r}: data.source='disk' takes one save_to_disk folder")
     if data.source == "hub" and not data.name:
         raise RecipeError("data.name is not set but data.source='hub'; give a datasets hub name")
-    if data.source == "files":
+    if data.source in ("files", "disk"):
         for i, p in enumerate(data.paths):
             if not Path(p).expanduser().exists():
                 raise RecipeError(f"data.paths[{i}]={p!r} does not exist")
@@ -314,6 +358,26 @@ def _cross_checks(recipe: Recipe) -> None:
         raise RecipeError(f"eval.tasks has unknown task(s) {unknown}; choose from {', '.join(LOCAL_TASKS)}")
     if recipe.engine.deepspeed is not None and not Path(recipe.engine.deepspeed).is_file():
         raise RecipeError(f"engine.deepspeed={recipe.engine.deepspeed!r} is not a DeepSpeed JSON file")
+    ft = recipe.finetune
+    if recipe.eval.every and ft.method is not None and ft.task != "causal_lm":
+        raise RecipeError(
+            f"eval.every={recipe.eval.every} evaluates language models; finetune.task={ft.task!r} is not one "
+            "(set eval.every=0)"
+        )
+    if ft.method is not None and not recipe.model.pretrained:
+        raise RecipeError(f"finetune.method={ft.method!r} needs model.pretrained (the model to fine-tune)")
+    if ft.method is not None and ft.method.startswith("kappatune"):
+        if (ft.kappa_count is None) == (ft.kappa_fraction is None):
+            raise RecipeError(
+                f"finetune.method={ft.method!r} needs exactly one budget: finetune.kappa_count or "
+                f"finetune.kappa_fraction (got {ft.kappa_count!r} and {ft.kappa_fraction!r})"
+            )
+    unknown = sorted(set(ft.skan_families) - {"bspline", "rbf", "chebyshev", "wavelet"})
+    if unknown or not ft.skan_families:
+        raise RecipeError(
+            f"finetune.skan_families={ft.skan_families!r} is not valid; "
+            "choose from bspline, rbf, chebyshev, wavelet"
+        )
     if recipe.optim.warmup_steps >= recipe.train.max_steps:
         raise RecipeError(
             f"optim.warmup_steps={recipe.optim.warmup_steps} must be smaller than train.max_steps="

@@ -94,10 +94,13 @@ def flops_per_token(model: torch.nn.Module, seq_len: int) -> float:
     config = model.config
     embedding = model.get_input_embeddings()
     n = sum(_numel(p) for p in model.parameters())
-    if not config.tie_word_embeddings:
+    if not getattr(config, "tie_word_embeddings", False):
         n -= sum(_numel(p) for p in embedding.parameters())
-    attention_layers = sum(1 for t in config.layer_types if t == "full_attention")
-    d_attn = config.num_attention_heads * config.head_dim
+    # Configs without layer_types / head_dim (BERT, fine-tuned any-transformers models): all attention.
+    layer_types = getattr(config, "layer_types", None) or ["full_attention"] * config.num_hidden_layers
+    attention_layers = sum(1 for t in layer_types if t == "full_attention")
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    d_attn = config.num_attention_heads * head_dim
     return 6.0 * n + 12.0 * attention_layers * d_attn * seq_len
 
 
@@ -152,7 +155,8 @@ class PlaitTrainer(Trainer):
         self.last_finite: dict[str, float] = {}  # the last logged step whose loss and grad norm were finite
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        self.probe_ids = inputs["input_ids"][:1].detach()
+        ids = inputs.get("input_ids")  # none for image models
+        self.probe_ids = ids[:1].detach() if ids is not None else None
         return super().training_step(model, inputs, num_items_in_batch)
 
     def evaluate(
@@ -204,6 +208,10 @@ class PlaitTrainer(Trainer):
 
     def get_decay_parameter_names(self, model: torch.nn.Module) -> list[str]:
         no_decay = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+        # Modules may list local parameter names to keep undecayed (KAN adapters: knots, scales, weights).
+        no_decay |= {
+            f"{prefix}.{n}" for prefix, m in model.named_modules() for n in getattr(m, "no_decay", ())
+        }
         return [
             name
             for name, p in model.named_parameters()
@@ -491,21 +499,27 @@ def _prepare_output_dir(recipe: Recipe, args: TrainingArguments, lock: Directory
 
 def _train(recipe: Recipe, args: TrainingArguments, resume: str | None, callbacks) -> RunResult:
     output_dir = Path(recipe.train.output_dir)
-    documents = load_documents(recipe.data)
-    tokenizer = load_tokenizer(recipe, args, documents)
     cache_dir = recipe.data.cache_dir or str(output_dir / "data_cache")
-    with args.main_process_first(desc="tokenize and pack"):
-        dataset = build_lm_dataset(
-            documents, tokenizer, recipe.data, cache_dir=cache_dir, seed=recipe.train.seed
-        )
+    collator = default_data_collator
+    if recipe.finetune.method is not None:  # a pretrained model, a fine-tuning method (plait.train.finetune)
+        from .finetune import prepare_finetune
+
+        tokenizer, dataset, collator, model, extra = prepare_finetune(recipe, args, cache_dir)
+        callbacks = [*(callbacks or []), *extra]
+    else:
+        documents = load_documents(recipe.data)
+        tokenizer = load_tokenizer(recipe, args, documents)
+        with args.main_process_first(desc="tokenize and pack"):
+            dataset = build_lm_dataset(
+                documents, tokenizer, recipe.data, cache_dir=cache_dir, seed=recipe.train.seed
+            )
+        set_seed(recipe.train.seed)  # the initial weights depend only on the seed
+        model = build_model(recipe, tokenizer)
 
     held_out = None
-    if recipe.eval.every:
+    if recipe.eval.every:  # language models only (the recipe checks)
         held_out = load_documents(recipe.data, recipe.eval.split)
         held_out = Dataset.from_dict({"text": list(iter_texts(held_out, recipe.eval.max_documents))})
-
-    set_seed(recipe.train.seed)  # the initial weights depend only on the seed
-    model = build_model(recipe, tokenizer)
     tokens_per_step = (
         recipe.train.micro_batch_size * recipe.train.grad_accum * args.world_size * recipe.data.seq_len
     )
@@ -514,7 +528,7 @@ def _train(recipe: Recipe, args: TrainingArguments, resume: str | None, callback
         args=args,
         train_dataset=dataset,
         eval_dataset=held_out,
-        data_collator=default_data_collator,
+        data_collator=collator,
         processing_class=tokenizer,
         callbacks=callbacks,
         keep_last=recipe.checkpoint.keep_last,

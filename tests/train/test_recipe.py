@@ -74,7 +74,10 @@ def test_bad_override_and_unknown_recipe_are_cli_errors(capsys):
     assert main(["tiny", "--set", "train.max_steps"]) == 2
     assert "must look like section.key=value" in capsys.readouterr().err
     assert main(["no-such-recipe"]) == 2
-    assert "shipped: 1b, small, tiny" in capsys.readouterr().err
+    assert (
+        "shipped: 1b, finetune-lm-kappatune, finetune-lm-nera, finetune-minilm-sst2, small, tiny"
+        in capsys.readouterr().err
+    )
 
 
 def test_print_shows_the_validated_recipe(capsys):

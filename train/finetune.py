@@ -1,0 +1,222 @@
+"""Fine-tuning methods on any transformers model: which parameters train, and through which adapter.
+
+`apply_method(model, finetune_recipe)` turns a loaded model into the model to train:
+
+| method           | what trains                                                                       |
+| ---------------- | --------------------------------------------------------------------------------- |
+| `full`           | every parameter                                                                   |
+| `lora`           | PEFT LoRA on `target_modules`                                                     |
+| `kan_nera`       | NeRA KAN adapters on `target_modules` (`plait.modeling.adapters`)                 |
+| `kan_skan`       | S-KAN adapters on `target_modules`; phase 2 at `skan_select_at`, pruned at the end |
+| `kappatune`      | the lowest-κ weight tensors within the budget, in full (`plait.train.kappatune`)  |
+| `kappatune+lora` | LoRA on the `nn.Linear` modules owning the lowest-κ weights                       |
+| `kappatune+kan`  | NeRA on the `nn.Linear` modules owning the lowest-κ weights                       |
+
+`modules_to_save` (e.g. a new classifier head) trains in full with every method.
+
+`prepare_finetune(recipe, ...)` is what `plait.train.trainer.run` trains for a recipe with a `finetune:`
+section: the pretrained model for the task (causal LM on the recipe's text; sequence classification on its
+text and label columns; image classification on its images and labels, through the checkpoint's image
+processor), the method applied, and S-KAN's phase callback. Checkpoints, resume and the engines are the
+pretraining ones; a PEFT method saves an adapter directory (`PeftModel.save_pretrained`), full and KappaTune
+a full model.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset
+from peft import LoraConfig, PeftModel, get_peft_model
+from torch import nn
+from transformers import (
+    AutoImageProcessor,
+    AutoModelForCausalLM,
+    AutoModelForImageClassification,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    TrainerCallback,
+    default_data_collator,
+    set_seed,
+)
+
+from plait.modeling.adapters import KANConfig, skan_prune, skan_select
+
+from . import kappatune
+from .data import build_lm_dataset, load_documents, load_raw
+from .recipe import FinetuneRecipe, Recipe, RecipeError
+
+
+@dataclass
+class Prepared:
+    model: nn.Module
+    trainable: int  # trainable parameter count
+    selected: list[str] = field(default_factory=list)  # KappaTune: the chosen tensors, lowest κ first
+
+
+def adapter_config(ft: FinetuneRecipe, kind: str, target_modules: list[str] | str) -> LoraConfig:
+    """The PEFT config of a LoRA ('lora') or KAN ('nera' / 'skan') adapter from the recipe's options."""
+    common = dict(
+        r=ft.r,
+        lora_alpha=ft.alpha,
+        lora_dropout=ft.dropout,
+        target_modules=target_modules,
+        modules_to_save=list(ft.modules_to_save) or None,
+    )
+    if kind == "lora":
+        return LoraConfig(**common)
+    return KANConfig(
+        kan=kind,
+        kan_grid_size=ft.kan_grid_size,
+        kan_grid_range=ft.kan_grid_range,
+        skan_families=list(ft.skan_families),
+        **common,
+    )
+
+
+def apply_method(model: nn.Module, ft: FinetuneRecipe, *, kappa_cache: str | Path | None = None) -> Prepared:
+    method = ft.method
+    if method == "full":
+        model.requires_grad_(True)
+        return Prepared(model, sum(p.numel() for p in model.parameters()))
+    if method in ("lora", "kan_nera", "kan_skan"):
+        kind = {"lora": "lora", "kan_nera": "nera", "kan_skan": "skan"}[method]
+        model = get_peft_model(model, adapter_config(ft, kind, ft.target_modules))
+        return Prepared(model, model.get_nb_trainable_parameters()[0])
+    if method not in ("kappatune", "kappatune+lora", "kappatune+kan"):
+        raise RecipeError(f"finetune.method={method!r} is not a fine-tuning method")
+    kappa = kappatune.condition_numbers(model, max_dim=ft.kappa_max_dim, cache=kappa_cache)
+    saved = [n for n, _ in model.named_parameters() if any(f".{m}." in f".{n}" for m in ft.modules_to_save)]
+    kappa = {n: k for n, k in kappa.items() if n not in saved}  # a new head trains anyway: not a candidate
+    selected = kappatune.select_lowest_kappa(
+        model,
+        kappa,
+        count=ft.kappa_count,
+        fraction=ft.kappa_fraction,
+        max_dim=ft.kappa_max_dim,
+        linear_only=method != "kappatune",
+    )
+    if not selected:
+        raise RecipeError(
+            "KappaTune selected no tensor: raise finetune.kappa_fraction or finetune.kappa_max_dim"
+        )
+    if method == "kappatune":
+        trainable = kappatune.freeze_all_but(model, selected + saved)
+        return Prepared(model, trainable, selected)
+    kind = "lora" if method == "kappatune+lora" else "nera"
+    model = get_peft_model(model, adapter_config(ft, kind, kappatune.module_targets(selected)))
+    return Prepared(model, model.get_nb_trainable_parameters()[0], selected)
+
+
+class SKANPhases(TrainerCallback):
+    """S-KAN's phases in a Trainer run: all families until `select_step`, then the selected family per node
+    (phase 2), pruned when training ends (phase 3) so the saved adapter is the small one."""
+
+    def __init__(self, select_step: int):
+        self.select_step = select_step
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        if state.global_step >= self.select_step:
+            skan_select(model)  # idempotent: also right after a resume past the step
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if isinstance(model, PeftModel) and state.global_step >= state.max_steps:
+            skan_prune(model)
+
+
+def _labelled(recipe: Recipe, input_field: str) -> tuple[Dataset, int]:
+    """The recipe's data with `input_field` and the label column checked, and the label count."""
+    data, ft = recipe.data, recipe.finetune
+    ds = load_raw(data)
+    for key, column in (
+        (f"data.{input_field}", getattr(data, input_field)),
+        ("data.label_field", data.label_field),
+    ):
+        if column not in ds.column_names:
+            raise RecipeError(f"{key}={column!r} is not a column of the data; columns: {ds.column_names}")
+    if data.max_documents is not None:
+        ds = ds.select(range(min(len(ds), data.max_documents)))
+    labels = ds[data.label_field]
+    num_labels = ft.num_labels or (max(labels) + 1)
+    bad = sorted({y for y in labels if not isinstance(y, int) or not 0 <= y < num_labels})
+    if bad:
+        raise RecipeError(
+            f"labels {bad[:5]} in column {data.label_field!r} are not integers in [0, {num_labels}) "
+            f"(finetune.num_labels={ft.num_labels!r})"
+        )
+    return ds, num_labels
+
+
+def _text_classification(recipe: Recipe, tokenizer) -> tuple[Dataset, int]:
+    data = recipe.data
+    ds, num_labels = _labelled(recipe, "text_field")
+
+    def encode(batch):
+        enc = tokenizer(batch[data.text_field], truncation=True, max_length=data.seq_len)
+        enc["labels"] = batch[data.label_field]
+        return enc
+
+    return ds.map(encode, batched=True, remove_columns=ds.column_names), num_labels
+
+
+def _image_classification(recipe: Recipe, processor) -> tuple[Dataset, int]:
+    data = recipe.data
+    ds, num_labels = _labelled(recipe, "image_field")
+
+    def transform(batch):  # on the fly: pixel tensors are not cached
+        pixels = processor(batch[data.image_field], return_tensors="pt")["pixel_values"]
+        return {"pixel_values": pixels, "labels": torch.tensor(batch[data.label_field])}
+
+    return ds.with_transform(transform), num_labels
+
+
+def prepare_finetune(
+    recipe: Recipe, args, cache_dir: str
+) -> tuple[Any, Any, Any, nn.Module, list[TrainerCallback]]:
+    """What `run` trains when the recipe has a `finetune.method`: (processing class, dataset, collator,
+    model, callbacks). The model is `model.pretrained` (a Plait directory, a converted Llama, any transformers
+    checkpoint) for the task, with the method applied."""
+    import plait.modeling  # noqa: F401  (registers Plait with the Auto classes)
+
+    ft, source = recipe.finetune, os.path.expanduser(recipe.model.pretrained)
+    load = dict(dtype=torch.float32, attn_implementation=recipe.model.attn_implementation)
+    tokenizer_source = os.path.expanduser(recipe.data.tokenizer or source)
+    if ft.task == "causal_lm":
+        processor = AutoTokenizer.from_pretrained(tokenizer_source)
+        documents = load_documents(recipe.data)
+        with args.main_process_first(desc="tokenize and pack"):
+            dataset = build_lm_dataset(
+                documents, processor, recipe.data, cache_dir=cache_dir, seed=recipe.train.seed
+            )
+        collator = default_data_collator
+        set_seed(recipe.train.seed)
+        model = AutoModelForCausalLM.from_pretrained(source, **load)
+        model.config.use_cache = False
+    elif ft.task == "sequence_classification":
+        processor = AutoTokenizer.from_pretrained(tokenizer_source)
+        with args.main_process_first(desc="tokenize"):
+            dataset, num_labels = _text_classification(recipe, processor)
+        collator = DataCollatorWithPadding(processor)
+        set_seed(recipe.train.seed)
+        model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=num_labels, **load)
+        if model.config.pad_token_id is None:
+            model.config.pad_token_id = processor.pad_token_id
+    else:  # image_classification
+        processor = AutoImageProcessor.from_pretrained(source)
+        dataset, num_labels = _image_classification(recipe, processor)
+        collator = default_data_collator
+        set_seed(recipe.train.seed)
+        model = AutoModelForImageClassification.from_pretrained(  # a new head when the label count differs
+            source, num_labels=num_labels, ignore_mismatched_sizes=True, **load
+        )
+    cache = ft.kappa_cache or str(Path(recipe.train.output_dir) / "kappa.json")
+    model = apply_method(model, ft, kappa_cache=cache).model
+    callbacks = []
+    if ft.method == "kan_skan":
+        callbacks.append(SKANPhases(round(ft.skan_select_at * recipe.train.max_steps)))
+    return processor, dataset, collator, model, callbacks
