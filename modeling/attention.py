@@ -4,11 +4,13 @@
 the mask to the output) is looked up in `ATTENTION_FUNCTIONS` by `config.attention`, so other attention
 formulas (e.g. softplus attention) plug in without touching this module.
 
-Core contract: `core(module, q, k, v, attention_mask, scaling, dropout) -> (out, weights | None)` with
-q: [batch, heads, q_len, head_dim], k/v: [batch, kv_heads, kv_len, head_dim] (GQA not yet repeated), and
-`attention_mask` as built by `transformers.masking_utils.create_causal_mask` for the model's
-`attn_implementation`: for `"sdpa"` a boolean [batch, 1, q_len, kv_len] tensor (True = may attend) or None
-meaning plain causal attention with q_len == kv_len. `out` is [batch, q_len, heads, head_dim].
+Core contract: `core(module, q, k, v, attention_mask, scaling, dropout, is_causal) -> (out, weights | None)`
+with q: [batch, heads, q_len, head_dim], k/v: [batch, kv_heads, kv_len, head_dim] (GQA not yet repeated),
+`is_causal` the backbone's causality (`config.is_causal`: True for the LM, False for the ViT) and
+`attention_mask` as the backbone built it for the model's `attn_implementation`: for `"sdpa"` a boolean
+[batch, 1, q_len, kv_len] tensor (True = may attend), or None: then every key is visible, or with
+`is_causal` the keys up to the query's own position (aligned to the last key). `out` is
+[batch, q_len, heads, head_dim].
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch
 from torch import nn
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS as HF_ATTENTION_FUNCTIONS
 
-from .layers import apply_rotary
+from .positions import apply_rotary
 from .registry import ATTENTION_FUNCTIONS, TOKEN_MIXERS
 
 
@@ -29,16 +31,16 @@ def repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
     return x[:, :, None].expand(b, h, groups, s, d).reshape(b, h * groups, s, d)
 
 
-def eager_softmax_attention(module, q, k, v, attention_mask, scaling, dropout=0.0, **kwargs):
+def eager_softmax_attention(module, q, k, v, attention_mask, scaling, dropout=0.0, *, is_causal, **kwargs):
     """Reference softmax attention that also returns the attention weights (`output_attentions`)."""
     k, v = repeat_kv(k, module.num_key_value_groups), repeat_kv(v, module.num_key_value_groups)
     scores = torch.matmul(q, k.transpose(2, 3)) * scaling
-    if attention_mask is None:
+    if attention_mask is None and is_causal:
         q_len, kv_len = q.shape[2], k.shape[2]
         attention_mask = torch.ones(q_len, kv_len, dtype=torch.bool, device=q.device).tril(kv_len - q_len)
-    if attention_mask.dtype == torch.bool:
+    if attention_mask is not None and attention_mask.dtype == torch.bool:
         scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
-    else:
+    elif attention_mask is not None:
         scores = scores + attention_mask
     weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
     weights = nn.functional.dropout(weights, p=dropout, training=module.training)
@@ -46,17 +48,20 @@ def eager_softmax_attention(module, q, k, v, attention_mask, scaling, dropout=0.
 
 
 @ATTENTION_FUNCTIONS.register("softmax")
-def softmax_attention(module, q, k, v, attention_mask, scaling, dropout=0.0, **kwargs):
+def softmax_attention(module, q, k, v, attention_mask, scaling, dropout=0.0, *, is_causal, **kwargs):
     """Scaled dot-product softmax attention through transformers' kernels for the model's
     `attn_implementation` (`"sdpa"` by default, `"flash_attention_2"` when flash-attn is installed)."""
     implementation = module.config._attn_implementation
     core = HF_ATTENTION_FUNCTIONS.get_interface(implementation, eager_softmax_attention)
-    return core(module, q, k, v, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+    return core(
+        module, q, k, v, attention_mask, scaling=scaling, dropout=dropout, is_causal=is_causal, **kwargs
+    )
 
 
 @TOKEN_MIXERS.register("full_attention")
 class PlaitAttention(nn.Module):
-    """Causal self-attention: q/k/v projections, RoPE, KV cache, the configured core, output projection.
+    """Self-attention: q/k/v projections, rotary positions when the backbone gives them, KV cache, the
+    configured core (causal when the backbone is, `config.is_causal`), output projection.
 
     Registered as the `layer_types` value `"full_attention"`, transformers' name, so its cache is
     transformers' `DynamicLayer`; transformers maps the legacy spelling `"attention"` to it when the config
@@ -72,7 +77,7 @@ class PlaitAttention(nn.Module):
         self.num_key_value_heads = config.num_key_value_heads
         self.num_key_value_groups = self.num_heads // self.num_key_value_heads
         self.scaling = self.head_dim**-0.5
-        self.is_causal = True
+        self.is_causal = config.is_causal  # also read by transformers' sdpa/flash back-ends
         self.core = ATTENTION_FUNCTIONS[config.attention]
         self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=False)
         self.k_proj = nn.Linear(config.hidden_size, self.num_key_value_heads * self.head_dim, bias=False)
@@ -84,9 +89,12 @@ class PlaitAttention(nn.Module):
         q = self.q_proj(x).view(batch, seq, -1, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(batch, seq, -1, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(batch, seq, -1, self.head_dim).transpose(1, 2)
-        q, k = apply_rotary(q, k, *position_embeddings)
+        if position_embeddings is not None:  # rotary tables; None when positions were added to the input
+            q, k = apply_rotary(q, k, *position_embeddings)
         if past_key_values is not None:
             k, v = past_key_values.update(k, v, self.layer_idx)
         dropout = self.config.attention_dropout if self.training else 0.0
-        out, _ = self.core(self, q, k, v, attention_mask, scaling=self.scaling, dropout=dropout)
+        out, _ = self.core(
+            self, q, k, v, attention_mask, scaling=self.scaling, dropout=dropout, is_causal=self.is_causal
+        )
         return self.o_proj(out.reshape(batch, seq, -1))

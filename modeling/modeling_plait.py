@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
-from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
@@ -13,15 +12,17 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from .block import PlaitBlock
 from .configuration_plait import PlaitConfig
 from .hyper_connections import no_decay_parameter_names
-from .layers import RMSNorm, Rotary
+from .layers import RMSNorm
+from .positions import Rotary
 from .registry import RESIDUALS
 
 
 class PlaitPreTrainedModel(PreTrainedModel):
     """Weight init, attention back-ends and checkpointing shared by every Plait model.
 
-    Component modules with parameters beyond Linear/Embedding/RMSNorm implement `init_plait_weights()` with
-    `transformers.initialization` functions (which skip tensors already loaded from a checkpoint).
+    Component modules with parameters (or derived buffers) beyond Linear/Conv/Embedding/RMSNorm implement
+    `init_plait_weights()` with `transformers.initialization` functions (which skip tensors already loaded
+    from a checkpoint).
     """
 
     config: PlaitConfig
@@ -36,9 +37,7 @@ class PlaitPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
-        if isinstance(module, Rotary):
-            init.copy_(module.inv_freq, module.compute_inv_freq())
-        elif hasattr(module, "init_plait_weights"):
+        if hasattr(module, "init_plait_weights"):
             module.init_plait_weights()
 
     def no_weight_decay(self) -> set[str]:
@@ -59,7 +58,8 @@ def positions_from_mask(
 
 
 class PlaitModel(PlaitPreTrainedModel):
-    """Token embedding → residual expand → Plait blocks → residual collapse → RMSNorm."""
+    """Token embedding → residual expand → Plait blocks → residual collapse → RMSNorm; causal attention
+    (`create_causal_mask`) with 1-D rotary positions."""
 
     def __init__(self, config: PlaitConfig):
         super().__init__(config)

@@ -4,8 +4,9 @@ the ln(d)·ln(N) scale) and `"lssar"` (LSSA followed by the re-weighting stage).
 
 Both are attention cores for `PlaitAttention` (see `plait.modeling.attention`): q and k arrive
 already rotated by RoPE and are L2-normalised here; scores are scaled by ln(d)·ln(N_i), where N_i is the
-number of keys query i may see, counted from the attention mask — so cached keys count at decode time (also
-beyond the training length) and padding does not. `scaling` (1/√d) is not used: the scale is part of the
+number of keys query i may see, counted from the attention mask and the backbone's causality — so cached keys
+count at decode time (also beyond the training length) and padding does not; in a bidirectional backbone
+(the ViT) N is the number of visible patches. `scaling` (1/√d) is not used: the scale is part of the
 formula.
 `lssar` re-weights with ReLU(N_i·A − O)^p, p = `config.lssar_power` (default 15, the paper's). The math,
 reference and Triton kernels live in `plait.kernels.lssa`.
@@ -20,32 +21,37 @@ from .attention import repeat_kv
 from .registry import ATTENTION_FUNCTIONS
 
 
-def bool_attention_mask(attention_mask: torch.Tensor | None, q_len: int, kv_len: int) -> torch.Tensor | None:
-    """The mask as bool [B, 1, Tq, Tk] (True = may attend), or None for causal attention on the last keys.
+def bool_attention_mask(
+    attention_mask: torch.Tensor | None, q_len: int, kv_len: int, causal: bool = True
+) -> torch.Tensor | None:
+    """The mask as bool [B, 1, Tq, Tk] (True = may attend), or None when it adds nothing to `causal` (the
+    kernel then applies causality itself, aligned to the last key, or sees every key).
 
     Accepts transformers' masks for every back-end: bool 4-D (sdpa), additive float 4-D (eager; 0 = attend),
     or a 2-D [B, Tk] padding mask (flash attention), which is combined with the causal mask here."""
     if attention_mask is None:
         return None
     if attention_mask.dim() == 2:
-        causal = torch.ones(q_len, kv_len, dtype=torch.bool, device=attention_mask.device).tril(
-            kv_len - q_len
-        )
-        return causal[None, None] & attention_mask[:, None, None, -kv_len:].bool()
+        padding = attention_mask[:, None, None, -kv_len:].bool()
+        if not causal:
+            return padding.expand(-1, 1, q_len, -1)
+        tril = torch.ones(q_len, kv_len, dtype=torch.bool, device=attention_mask.device).tril(kv_len - q_len)
+        return tril[None, None] & padding
     if attention_mask.dtype != torch.bool:
         attention_mask = attention_mask > torch.finfo(attention_mask.dtype).min / 2
     return attention_mask[..., :kv_len]
 
 
-def _core(module, q, k, v, attention_mask, reweight: bool, dropout: float):
+def _core(module, q, k, v, attention_mask, reweight: bool, dropout: float, is_causal: bool):
     groups = module.num_key_value_groups
     k, v = repeat_kv(k, groups), repeat_kv(v, groups)
-    mask = bool_attention_mask(attention_mask, q.shape[2], k.shape[2])
+    mask = bool_attention_mask(attention_mask, q.shape[2], k.shape[2], causal=is_causal)
     out = softplus_attention(
         q,
         k,
         v,
         mask,
+        causal=is_causal,
         reweight=reweight,
         power=module.config.lssar_power,
         dropout=dropout,
@@ -55,9 +61,9 @@ def _core(module, q, k, v, attention_mask, reweight: bool, dropout: float):
 
 
 @ATTENTION_FUNCTIONS.register("lssa")
-def lssa_attention(module, q, k, v, attention_mask, scaling=None, dropout=0.0, **kwargs):
+def lssa_attention(module, q, k, v, attention_mask, scaling=None, dropout=0.0, *, is_causal, **kwargs):
     """LSSA: softplus of ln(d)·ln(N_i)-scaled cosine scores, rows L1-normalised."""
-    return _core(module, q, k, v, attention_mask, reweight=False, dropout=dropout)
+    return _core(module, q, k, v, attention_mask, reweight=False, dropout=dropout, is_causal=is_causal)
 
 
 def check_lssar_config(config) -> None:
@@ -66,9 +72,9 @@ def check_lssar_config(config) -> None:
 
 
 @ATTENTION_FUNCTIONS.register("lssar", validate=check_lssar_config)
-def lssar_attention(module, q, k, v, attention_mask, scaling=None, dropout=0.0, **kwargs):
+def lssar_attention(module, q, k, v, attention_mask, scaling=None, dropout=0.0, *, is_causal, **kwargs):
     """LSSAR: LSSA followed by the ReLU(N_i·A − O)^p re-weighting, renormalised."""
-    return _core(module, q, k, v, attention_mask, reweight=True, dropout=dropout)
+    return _core(module, q, k, v, attention_mask, reweight=True, dropout=dropout, is_causal=is_causal)
 
 
 __all__ = ["lssa_attention", "lssar_attention", "bool_attention_mask"]
