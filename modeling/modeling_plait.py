@@ -41,8 +41,8 @@ class PlaitPreTrainedModel(PreTrainedModel):
             module.init_plait_weights()
 
     def no_weight_decay(self) -> set[str]:
-        """Names of parameters the optimizer must not decay: the static hyper-connection parameters. (The
-        trainer decays only matrices, so norm gains and other 1-D parameters are excluded anyway.)"""
+        """Names of parameters the optimizer must not decay: the static hyper-connection parameters. (Plait's
+        weight-decay rule, `plait.modeling.weight_decay`, decays only matrices anyway.)"""
         return no_decay_parameter_names(self)
 
 

@@ -4,8 +4,10 @@ A recipe has seven sections (`model`, `data`, `optim`, `train`, `checkpoint`, `l
 dataclass below. Loading rejects unknown keys (naming the valid ones), values of the wrong type and values
 outside their allowed choices or range, always naming the key (as a dotted path) and the offending value.
 
-`model.config` is passed to the model's config class (`PlaitConfig` for `model.arch: plait-lm`), which does
-its own validation; `model.arch` leaves room for other architectures (a ViT recipe adds `plait-vit`).
+`model.arch` names the task (`plait.train.tasks`): `plait-lm` (the decoder LM on text, `data` is a
+`DataRecipe`) or `plait-vit` (the ViT on image classification, `data` is an `ImageDataRecipe`).
+`model.config` is passed to the task's config class (`PlaitConfig`, `PlaitViTConfig`), which does its own
+validation.
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ Schedule = Literal["cosine", "wsd", "linear", "constant"]
 
 @dataclass
 class ModelRecipe:
-    arch: Literal["plait-lm"] = "plait-lm"
-    config: dict[str, Any] = field(default_factory=dict)  # PlaitConfig keyword arguments
+    arch: Literal["plait-lm", "plait-vit"] = "plait-lm"
+    config: dict[str, Any] = field(default_factory=dict)  # PlaitConfig / PlaitViTConfig keyword arguments
     pretrained: str | None = (
         None  # start from a `from_pretrained` directory or hub name instead of random init
     )
@@ -52,6 +54,30 @@ class DataRecipe:
     shuffle_buffer: int = 10_000  # streaming shuffle buffer (blocks)
     num_proc: int | None = None  # worker processes for tokenisation (`datasets.map`)
     cache_dir: str | None = None  # where tokenised/packed datasets are cached; None: <output_dir>/data_cache
+
+
+@dataclass
+class ImageDataRecipe:
+    """The `plait-vit` task's data: an image classification set read by `plait.eval.image_data`."""
+
+    source: Literal["fashion-mnist", "mnist-digits", "folder", "hub"] = "fashion-mnist"
+    # fashion-mnist: the folder of its IDX files; mnist-digits: digits.png (both default to the data cache,
+    # `make data`); folder: a root holding one class-per-folder directory per split (<path>/<split>/<class>/)
+    path: str | None = None
+    name: str | None = None  # source: hub dataset name (e.g. zalando-datasets/fashion_mnist)
+    subset: str | None = None  # source: hub dataset configuration
+    train_split: str = "train"
+    eval_split: str | None = "test"  # held-out split evaluated during and after training; null: none
+    image_column: str = "image"  # source: hub
+    label_column: str = "label"  # source: hub
+    max_train_samples: int | None = None  # keep only the first N (smoke tests)
+    max_eval_samples: int | None = None
+    # per-channel normalisation; null: the training images' statistics (in-memory sets) or 0.5 / 0.5
+    image_mean: list[float] | None = None
+    image_std: list[float] | None = None
+    crop_padding: int = 0  # random crop after zero-padding every side by this many pixels; 0: no crop
+    horizontal_flip: bool = False  # random left-right flips
+    cache_dir: str | None = None  # source: hub, the datasets cache
 
 
 @dataclass
@@ -81,6 +107,8 @@ class TrainRecipe:
     activation_checkpointing: bool = False
     compile: bool = False
     dataloader_workers: int = 0
+    eval_every: int = 0  # steps between evaluations on the task's held-out split; 0: only after training
+    eval_batch_size: int | None = None  # null: micro_batch_size
 
 
 @dataclass
@@ -112,7 +140,7 @@ class EngineRecipe:
 @dataclass
 class Recipe:
     model: ModelRecipe = field(default_factory=ModelRecipe)
-    data: DataRecipe = field(default_factory=DataRecipe)
+    data: DataRecipe | ImageDataRecipe = field(default_factory=DataRecipe)  # by model.arch: DATA_SECTIONS
     optim: OptimRecipe = field(default_factory=OptimRecipe)
     train: TrainRecipe = field(default_factory=TrainRecipe)
     checkpoint: CheckpointRecipe = field(default_factory=CheckpointRecipe)
@@ -134,6 +162,11 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "data.tokenizer_train_documents": (lambda v: v >= 1, "an integer >= 1"),
     "data.shuffle_buffer": (lambda v: v >= 1, "an integer >= 1"),
     "data.num_proc": (lambda v: v is None or v >= 1, "null or an integer >= 1"),
+    "data.max_train_samples": (lambda v: v is None or v >= 1, "null or an integer >= 1"),
+    "data.max_eval_samples": (lambda v: v is None or v >= 1, "null or an integer >= 1"),
+    "data.image_mean": (lambda v: v is None or len(v) >= 1, "null or a list of one value per channel"),
+    "data.image_std": (lambda v: v is None or (len(v) >= 1 and min(v) > 0), "null or positive values"),
+    "data.crop_padding": (lambda v: v >= 0, "an integer >= 0"),
     "optim.lr": (lambda v: v > 0, "a positive number"),
     "optim.min_lr_ratio": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
     "optim.weight_decay": (lambda v: v >= 0, "a number >= 0"),
@@ -147,6 +180,8 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "train.micro_batch_size": (lambda v: v >= 1, "an integer >= 1"),
     "train.grad_accum": (lambda v: v >= 1, "an integer >= 1"),
     "train.dataloader_workers": (lambda v: v >= 0, "an integer >= 0"),
+    "train.eval_every": (lambda v: v >= 0, "an integer >= 0 (0: evaluate only after training)"),
+    "train.eval_batch_size": (lambda v: v is None or v >= 1, "null or an integer >= 1"),
     "checkpoint.every": (lambda v: v >= 0, "an integer >= 0 (0 disables periodic checkpoints)"),
     "checkpoint.keep_last": (lambda v: v is None or v >= 1, "null or an integer >= 1"),
     "logging.every": (lambda v: v >= 1, "an integer >= 1"),
@@ -217,7 +252,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return float(value) if tp is float else value
 
 
-def _build(cls: type, data: Any, prefix: str) -> Any:
+def _build(cls: type, data: Any, prefix: str, sections: dict[str, type] | None = None) -> Any:
     if not isinstance(data, dict):
         raise RecipeError(f"{prefix or 'recipe'} must be a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
@@ -229,10 +264,10 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
             f"unknown key {prefix + '.' if prefix else ''}{unknown[0]} in {where}; "
             f"valid keys: {', '.join(fields)}"
         )
-    kwargs = {}
+    kwargs = {name: tp() for name, tp in (sections or {}).items() if name not in data}
     for name, value in data.items():
         key = f"{prefix}.{name}" if prefix else name
-        tp = hints[name]
+        tp = (sections or {}).get(name, hints[name])
         if dataclasses.is_dataclass(tp):
             kwargs[name] = _build(tp, value if value is not None else {}, key)
             continue
@@ -247,7 +282,9 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
 
 def _cross_checks(recipe: Recipe) -> None:
     data = recipe.data
-    if data.source == "files" and not data.paths:
+    if isinstance(data, ImageDataRecipe):
+        _image_data_checks(data)
+    elif data.source == "files" and not data.paths:
         raise RecipeError(
             "data.paths is empty but data.source='files'; list the text/JSON/parquet files to train on"
         )
@@ -266,8 +303,30 @@ def _cross_checks(recipe: Recipe) -> None:
         )
 
 
+def _image_data_checks(data: ImageDataRecipe) -> None:
+    if data.source == "hub" and not data.name:
+        raise RecipeError("data.name is not set but data.source='hub'; give a datasets hub name")
+    if data.path is not None and not Path(data.path).expanduser().exists():
+        raise RecipeError(f"data.path={data.path!r} does not exist")
+    if (
+        data.image_mean is not None
+        and data.image_std is not None
+        and len(data.image_mean) != len(data.image_std)
+    ):
+        raise RecipeError(
+            f"data.image_mean has {len(data.image_mean)} values but data.image_std {len(data.image_std)}; "
+            "give one per channel"
+        )
+
+
+# The `data` section's schema for each `model.arch`.
+DATA_SECTIONS: dict[str, type] = {"plait-lm": DataRecipe, "plait-vit": ImageDataRecipe}
+
+
 def recipe_from_dict(data: dict[str, Any]) -> Recipe:
-    recipe = _build(Recipe, data, "")
+    model = _build(ModelRecipe, data.get("model") or {}, "model") if isinstance(data, dict) else None
+    sections = {"data": DATA_SECTIONS[model.arch]} if model is not None else None
+    recipe = _build(Recipe, data, "", sections)
     _cross_checks(recipe)
     return recipe
 

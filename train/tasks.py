@@ -1,0 +1,21 @@
+"""The tasks `model.arch` selects: each builds a `Task` (model, data, collator, metrics) from a recipe."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from transformers import TrainingArguments
+
+from .lm import build_lm_task
+from .recipe import Recipe
+from .task import Task
+from .vision import build_vit_task
+
+TASKS: dict[str, Callable[[Recipe, TrainingArguments], Task]] = {
+    "plait-lm": build_lm_task,
+    "plait-vit": build_vit_task,
+}
+
+
+def build_task(recipe: Recipe, args: TrainingArguments) -> Task:
+    return TASKS[recipe.model.arch](recipe, args)
