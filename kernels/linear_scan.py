@@ -22,11 +22,9 @@ These are plain solves (no autograd): ParaRNN's backward is itself a reverse lin
 
 from __future__ import annotations
 
-import os
-
 import torch
-import triton
-import triton.language as tl
+
+from .backend import require_triton, tl, triton, use_triton
 
 SCAN_MODES = ("sequential", "parallel", "triton")
 
@@ -179,6 +177,7 @@ def linear_scan_triton(
 ) -> torch.Tensor:
     """Fused Triton scan (CUDA, or CPU tensors under `TRITON_INTERPRET=1`). `block_t` is the time chunk one
     `tl.associative_scan` covers (default: the sequence, at most 1024); longer sequences loop over chunks."""
+    require_triton(b, "linear_scan_triton")
     if reverse:
         return linear_scan_triton(*_flip(A, b), block_t=block_t, block_d=block_d).flip(1)
     block = _is_block(A, b)
@@ -204,11 +203,11 @@ _SCANS = {
 def resolve_mode(mode: str, device: torch.device) -> str:
     """`"auto"` → `"triton"` on CUDA, `"parallel"` elsewhere; other values pass through (validated)."""
     if mode == "auto":
-        return "triton" if device.type == "cuda" else "parallel"
+        return "triton" if use_triton(device) else "parallel"
     if mode not in _SCANS:
         raise ValueError(f"linear scan mode={mode!r} is not valid; valid choices: {['auto', *SCAN_MODES]}")
-    if mode == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise ValueError("linear scan mode='triton' needs CUDA tensors (or TRITON_INTERPRET=1 on CPU)")
+    if mode == "triton":
+        require_triton(device, "linear scan mode='triton'")
     return mode
 
 

@@ -36,12 +36,11 @@ visible. N_i is the number of visible keys of row i, so padding and cached keys 
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import torch.nn.functional as F
-import triton
-import triton.language as tl
+
+from .backend import interpreting, require_triton, tl, triton, use_triton
 
 FIRST_ROWS_WITHOUT_OFFSET = 3  # LSSAR: O_i = 0 for rows that see at most this many keys
 
@@ -71,6 +70,16 @@ def lssa_naive(
     causal: bool = True,
 ) -> torch.Tensor:
     """Reference LSSA / LSSAR in fp32. Returns [B, H, Tq, D] in `q.dtype`."""
+    weights = lssa_weights(q, k, mask, reweight, power, causal)
+    if dropout > 0.0:
+        weights = F.dropout(weights, p=dropout, training=training)
+    return (weights @ v.float()).to(q.dtype)
+
+
+def lssa_weights(
+    q, k, mask=None, reweight: bool = False, power: float = 15.0, causal: bool = True
+) -> torch.Tensor:
+    """The attention matrix of LSSA / LSSAR, fp32 [B, H, Tq, Tk]: the reference's weights."""
     d, q_len, kv_len = q.shape[-1], q.shape[-2], k.shape[-2]
     mask = visible_mask(mask, q_len, kv_len, q.device, causal)
     n = key_counts(mask)[..., None]  # [B, 1, Tq, 1]
@@ -86,9 +95,7 @@ def lssa_naive(
         r = (t / torch.where(degenerate, 1.0, m)).pow(power)
         r = torch.where(degenerate, weights, r)
         weights = r / r.sum(-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
-    if dropout > 0.0:
-        weights = F.dropout(weights, p=dropout, training=training)
-    return (weights @ v.float()).to(q.dtype)
+    return weights
 
 
 # ----------------------------------------------------------------------------------------------- Triton
@@ -437,7 +444,7 @@ def _lssa_bwd_dkdv_kernel(
 
 def _block_sizes(head_dim: int) -> tuple[int, int, int]:
     block_d = max(16, triton.next_power_of_2(head_dim))
-    block = 16 if os.environ.get("TRITON_INTERPRET") == "1" else 64
+    block = 16 if interpreting() else 64
     return block, block, block_d
 
 
@@ -544,6 +551,7 @@ def lssa_triton(
     q, k, v, mask=None, reweight: bool = False, power: float = 15.0, causal: bool = True
 ) -> torch.Tensor:
     """Triton LSSA/LSSAR, same contract as `lssa_naive`: normalises q, k in fp32, counts keys, runs it."""
+    require_triton(q, "lssa_triton")
     batch, heads, q_len, _ = q.shape
     kv_len = k.shape[2]
     counts_mask = visible_mask(mask, q_len, kv_len, q.device, causal)
@@ -566,9 +574,17 @@ def softplus_attention(
 ) -> torch.Tensor:
     """LSSA (`reweight=False`) or LSSAR: Triton kernels on CUDA, the PyTorch reference elsewhere (and when
     attention dropout is active, which the kernels do not implement)."""
-    if q.is_cuda and not (dropout > 0.0 and training):
+    if use_triton(q) and not (dropout > 0.0 and training):
         return lssa_triton(q, k, v, mask, reweight, power, causal)
     return lssa_naive(q, k, v, mask, reweight, power, dropout, training, causal)
 
 
-__all__ = ["lssa_naive", "lssa_triton", "softplus_attention", "LSSAFunction", "visible_mask", "key_counts"]
+__all__ = [
+    "lssa_naive",
+    "lssa_weights",
+    "lssa_triton",
+    "softplus_attention",
+    "LSSAFunction",
+    "visible_mask",
+    "key_counts",
+]

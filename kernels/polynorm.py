@@ -19,8 +19,8 @@ kernel.
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
+
+from .backend import require_triton, tl, triton, use_triton
 
 
 def polynorm_naive(
@@ -134,12 +134,13 @@ class PolyNormFunction(torch.autograd.Function):
 def polynorm_triton(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-6
 ) -> torch.Tensor:
+    require_triton(x, "polynorm_triton")
     return PolyNormFunction.apply(x, weight, bias, eps)
 
 
 def polynorm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """PolyNorm over the last dimension: the fused Triton kernel on CUDA, the PyTorch reference elsewhere."""
-    if x.is_cuda:
+    if use_triton(x):
         return polynorm_triton(x, weight, bias, eps)
     return polynorm_naive(x, weight, bias, eps)
 

@@ -21,11 +21,7 @@ from __future__ import annotations
 
 import torch
 
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - triton ships with Linux torch wheels
-    triton = None
+from .backend import require_triton, tl, triton, use_triton
 
 
 def sinkhorn_naive(logits: torch.Tensor, iters: int) -> torch.Tensor:
@@ -37,58 +33,58 @@ def sinkhorn_naive(logits: torch.Tensor, iters: int) -> torch.Tensor:
     return y.exp()
 
 
-if triton is not None:
+@triton.jit
+def _lse(y, axis: tl.constexpr):
+    m = tl.max(y, axis=axis)
+    return m + tl.log(tl.sum(tl.exp(y - tl.expand_dims(m, axis)), axis=axis))
 
-    @triton.jit
-    def _lse(y, axis: tl.constexpr):
-        m = tl.max(y, axis=axis)
-        return m + tl.log(tl.sum(tl.exp(y - tl.expand_dims(m, axis)), axis=axis))
 
-    @triton.jit
-    def _sinkhorn_fwd_kernel(L, P, LSE, M, ITERS, N: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr):
-        pid = tl.program_id(0)
-        rm = pid * BM + tl.arange(0, BM)
-        ri = tl.arange(0, BN)
-        rj = tl.arange(0, BN)
-        offs = rm[:, None, None] * N * N + ri[None, :, None] * N + rj[None, None, :]
-        mask = (rm[:, None, None] < M) & (ri[None, :, None] < N) & (rj[None, None, :] < N)
-        y = tl.load(L + offs, mask=mask, other=-1e30).to(tl.float32)
-        lse_base = LSE + rm[:, None] * (2 * ITERS * BN) + rj[None, :]
-        for k in range(ITERS):
-            c = _lse(y, 1)  # [BM, BN] over rows i: column normalisers
-            y = tl.where(mask, y - tl.expand_dims(c, 1), -1e30)
-            tl.store(lse_base + (2 * k) * BN, c, mask=rm[:, None] < M)
-            r = _lse(y, 2)  # [BM, BN] over columns j: row normalisers
-            y = tl.where(mask, y - tl.expand_dims(r, 2), -1e30)
-            tl.store(lse_base + (2 * k + 1) * BN, r, mask=rm[:, None] < M)
-        tl.store(P + offs, tl.exp(y), mask=mask)
+@triton.jit
+def _sinkhorn_fwd_kernel(L, P, LSE, M, ITERS, N: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr):
+    pid = tl.program_id(0)
+    rm = pid * BM + tl.arange(0, BM)
+    ri = tl.arange(0, BN)
+    rj = tl.arange(0, BN)
+    offs = rm[:, None, None] * N * N + ri[None, :, None] * N + rj[None, None, :]
+    mask = (rm[:, None, None] < M) & (ri[None, :, None] < N) & (rj[None, None, :] < N)
+    y = tl.load(L + offs, mask=mask, other=-1e30).to(tl.float32)
+    lse_base = LSE + rm[:, None] * (2 * ITERS * BN) + rj[None, :]
+    for k in range(ITERS):
+        c = _lse(y, 1)  # [BM, BN] over rows i: column normalisers
+        y = tl.where(mask, y - tl.expand_dims(c, 1), -1e30)
+        tl.store(lse_base + (2 * k) * BN, c, mask=rm[:, None] < M)
+        r = _lse(y, 2)  # [BM, BN] over columns j: row normalisers
+        y = tl.where(mask, y - tl.expand_dims(r, 2), -1e30)
+        tl.store(lse_base + (2 * k + 1) * BN, r, mask=rm[:, None] < M)
+    tl.store(P + offs, tl.exp(y), mask=mask)
 
-    @triton.jit
-    def _sinkhorn_bwd_kernel(P, LSE, DP, DL, M, ITERS, N: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr):
-        pid = tl.program_id(0)
-        rm = pid * BM + tl.arange(0, BM)
-        ri = tl.arange(0, BN)
-        rj = tl.arange(0, BN)
-        offs = rm[:, None, None] * N * N + ri[None, :, None] * N + rj[None, None, :]
-        mask = (rm[:, None, None] < M) & (ri[None, :, None] < N) & (rj[None, None, :] < N)
-        p = tl.load(P + offs, mask=mask, other=0.0)
-        y = tl.where(
-            mask & (p > 0), tl.log(tl.maximum(p, 1e-38)), -1e30
-        )  # the last iterate y_K (p may underflow)
-        dy = tl.where(mask, tl.load(DP + offs, mask=mask, other=0.0) * p, 0.0)
-        lse_base = LSE + rm[:, None] * (2 * ITERS * BN) + rj[None, :]
-        for kk in range(ITERS):
-            k = ITERS - 1 - kk
-            # row step: y_out = y_in - lse_j(y_in); dy_in = dy_out - exp(y_out) * rowsum(dy_out)
-            dy = dy - tl.exp(y) * tl.expand_dims(tl.sum(dy, axis=2), 2)
-            r = tl.load(lse_base + (2 * k + 1) * BN, mask=rm[:, None] < M, other=0.0)
-            y = tl.where(mask, y + tl.expand_dims(r, 2), -1e30)
-            # column step
-            dy = dy - tl.exp(y) * tl.expand_dims(tl.sum(dy, axis=1), 1)
-            c = tl.load(lse_base + (2 * k) * BN, mask=rm[:, None] < M, other=0.0)
-            y = tl.where(mask, y + tl.expand_dims(c, 1), -1e30)
-            dy = tl.where(mask, dy, 0.0)
-        tl.store(DL + offs, dy, mask=mask)
+
+@triton.jit
+def _sinkhorn_bwd_kernel(P, LSE, DP, DL, M, ITERS, N: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr):
+    pid = tl.program_id(0)
+    rm = pid * BM + tl.arange(0, BM)
+    ri = tl.arange(0, BN)
+    rj = tl.arange(0, BN)
+    offs = rm[:, None, None] * N * N + ri[None, :, None] * N + rj[None, None, :]
+    mask = (rm[:, None, None] < M) & (ri[None, :, None] < N) & (rj[None, None, :] < N)
+    p = tl.load(P + offs, mask=mask, other=0.0)
+    y = tl.where(
+        mask & (p > 0), tl.log(tl.maximum(p, 1e-38)), -1e30
+    )  # the last iterate y_K (p may underflow)
+    dy = tl.where(mask, tl.load(DP + offs, mask=mask, other=0.0) * p, 0.0)
+    lse_base = LSE + rm[:, None] * (2 * ITERS * BN) + rj[None, :]
+    for kk in range(ITERS):
+        k = ITERS - 1 - kk
+        # row step: y_out = y_in - lse_j(y_in); dy_in = dy_out - exp(y_out) * rowsum(dy_out)
+        dy = dy - tl.exp(y) * tl.expand_dims(tl.sum(dy, axis=2), 2)
+        r = tl.load(lse_base + (2 * k + 1) * BN, mask=rm[:, None] < M, other=0.0)
+        y = tl.where(mask, y + tl.expand_dims(r, 2), -1e30)
+        # column step
+        dy = dy - tl.exp(y) * tl.expand_dims(tl.sum(dy, axis=1), 1)
+        c = tl.load(lse_base + (2 * k) * BN, mask=rm[:, None] < M, other=0.0)
+        y = tl.where(mask, y + tl.expand_dims(c, 1), -1e30)
+        dy = tl.where(mask, dy, 0.0)
+    tl.store(DL + offs, dy, mask=mask)
 
 
 def _block_sizes(n: int) -> tuple[int, int]:
@@ -123,15 +119,14 @@ class SinkhornTriton(torch.autograd.Function):
 
 def sinkhorn_triton(logits: torch.Tensor, iters: int) -> torch.Tensor:
     """Fused Sinkhorn (Triton forward + backward); same result as `sinkhorn_naive`."""
-    if triton is None:
-        raise RuntimeError("sinkhorn_triton needs triton")
+    require_triton(logits, "sinkhorn_triton")
     shape = logits.shape
     return SinkhornTriton.apply(logits.reshape(-1, shape[-1], shape[-1]), iters).view(shape)
 
 
 def sinkhorn(logits: torch.Tensor, iters: int) -> torch.Tensor:
     """Dispatcher: the fused Triton kernel on CUDA, the PyTorch reference on CPU."""
-    if logits.is_cuda and triton is not None:
+    if use_triton(logits):
         return sinkhorn_triton(logits, iters)
     return sinkhorn_naive(logits, iters)
 

@@ -32,9 +32,19 @@ class PlaitBlock(GradientCheckpointingLayer):
         depth = layer_idx / max(1, config.num_hidden_layers - 1)
         self.drop_path = DropPath(config.drop_path_rate * depth)
 
-    def forward(self, state: torch.Tensor, **mixer_kwargs) -> torch.Tensor:
-        """`state` is the residual state; `mixer_kwargs` (positions, mask, cache) go to the mixer."""
-        state = self.mixer_residual(
-            state, lambda h: self.drop_path(self.mixer(self.mixer_norm(h), **mixer_kwargs))
-        )
-        return self.mlp_residual(state, lambda h: self.drop_path(self.mlp(self.mlp_norm(h))))
+    def forward(
+        self, state: torch.Tensor, output_attentions: bool = False, **mixer_kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`state` is the residual state; `mixer_kwargs` (positions, mask, cache) go to the mixer. Returns the
+        next state and the mixer's attention weights (None unless asked for and the mixer has any)."""
+        attention = None
+
+        def mixer(h):
+            nonlocal attention
+            out, attention = self.mixer(
+                self.mixer_norm(h), output_attentions=output_attentions, **mixer_kwargs
+            )
+            return self.drop_path(out)
+
+        state = self.mixer_residual(state, mixer)
+        return self.mlp_residual(state, lambda h: self.drop_path(self.mlp(self.mlp_norm(h)))), attention

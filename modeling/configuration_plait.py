@@ -14,7 +14,7 @@ class PlaitConfig(PlaitBlockConfig):
     The LM is causal: every token mixer sees only the tokens before it."""
 
     model_type = "plait"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]
     is_causal = True
 
     vocab_size: int = 8192

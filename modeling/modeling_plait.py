@@ -6,7 +6,6 @@ import torch
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache
-from transformers.masking_utils import create_causal_mask
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from .block import PlaitBlock
@@ -15,6 +14,7 @@ from .hyper_connections import no_decay_parameter_names
 from .layers import RMSNorm
 from .positions import Rotary
 from .registry import RESIDUALS
+from .transformers_compat import LEGACY_CACHE_NAMES, cache_output, causal_mask, output_cache, take_cache
 
 
 class PlaitPreTrainedModel(PreTrainedModel):
@@ -30,7 +30,7 @@ class PlaitPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = ["PlaitBlock"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["cache", *LEGACY_CACHE_NAMES]
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_attention_backend = True
@@ -39,6 +39,17 @@ class PlaitPreTrainedModel(PreTrainedModel):
         super()._init_weights(module)
         if hasattr(module, "init_plait_weights"):
             module.init_plait_weights()
+
+    @property
+    def _can_compile_fullgraph(self) -> bool:
+        """Whether `torch.compile(fullgraph=True)` traces this configuration without a graph break (tested per
+        variant; transformers reads it to auto-compile `generate` with a static cache on GPUs). Two components
+        break the graph by design: ParaRNN's Newton solve (`torch.autograd.grad` for the Jacobians inside the
+        forward) and JPmHC's bistochastic mixer (a convergence test decides the Newton step count)."""
+        config = self.config
+        rnn = any(kind.startswith("pararnn") for kind in config.layer_types)
+        bistochastic = config.residual == "jpmhc" and config.jpmhc_manifold == "bistochastic"
+        return not (rnn or bistochastic)
 
     def no_weight_decay(self) -> set[str]:
         """Names of parameters the optimizer must not decay: the static hyper-connection parameters. (Plait's
@@ -51,7 +62,7 @@ def positions_from_mask(
 ) -> torch.Tensor:
     """Position ids of the new tokens: counted over real tokens only when a padding mask is given, so a
     left-padded sequence gets the same positions as the sequence alone."""
-    if attention_mask is None or attention_mask.dim() != 2:
+    if not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 2:
         return torch.arange(past_length, past_length + length, device=device).unsqueeze(0)
     positions = attention_mask.long().cumsum(-1) - 1
     return positions.clamp(min=0)[:, -length:]
@@ -74,61 +85,74 @@ class PlaitModel(PlaitPreTrainedModel):
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | dict | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
+        output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
-    ) -> BaseModelOutputWithPast:
+    ) -> BaseModelOutputWithPast | tuple:
+        """As Llama's forward. The cache may also be passed as `past_key_values` (its name before
+        transformers 5.24). `attention_mask` is a 2-D padding mask, a prepared 4-D mask, or the per-layer-type
+        dict `generate` builds for static caches. `hidden_states` are [batch, seq, hidden] also for
+        multi-stream residuals (the state collapsed as before the final norm)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
-        use_cache = self.config.use_cache if use_cache is None else use_cache
+        cache = take_cache(cache, kwargs)
+        config = self.config
+        use_cache = config.use_cache if use_cache is None else use_cache
         if self.gradient_checkpointing and self.training:
             use_cache = False  # recomputation in backward cannot replay cache updates
-        if output_hidden_states is None:
-            output_hidden_states = self.config.output_hidden_states
+        output_attentions = config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = (
+            config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        )
+        return_dict = config.return_dict if return_dict is None else return_dict
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
-        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if use_cache and cache is None:
+            cache = DynamicCache(config=config)
+        past_length = cache.get_seq_length() if cache is not None else 0
         if position_ids is None:
             position_ids = positions_from_mask(
                 attention_mask, past_length, inputs_embeds.shape[1], inputs_embeds.device
             )
-        mask = create_causal_mask(
-            config=self.config,
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            past_key_values=past_key_values,
-            position_ids=position_ids,
-        )
+        if isinstance(attention_mask, dict):  # prepared by `generate` for a static cache
+            mask = attention_mask["full_attention"]
+        else:
+            mask = causal_mask(config, inputs_embeds, attention_mask, cache, position_ids)
         position_embeddings = self.rotary(inputs_embeds, position_ids)
 
         state = self.streams.expand(inputs_embeds)
-        all_hidden_states = [state] if output_hidden_states else None
+        all_hidden_states = [inputs_embeds] if output_hidden_states else None
+        all_attentions = [] if output_attentions else None
         for block in self.layers:
-            state = block(
+            state, attention = block(
                 state,
                 position_embeddings=position_embeddings,
                 attention_mask=mask,
-                past_key_values=past_key_values,
+                cache=cache,
                 position_ids=position_ids,
+                output_attentions=output_attentions,
                 **kwargs,
             )
             if output_hidden_states:
-                all_hidden_states.append(state)
+                all_hidden_states.append(self.streams.collapse(state))
+            if output_attentions:
+                all_attentions.append(attention)
         hidden = self.norm(self.streams.collapse(state))
         if output_hidden_states:
             all_hidden_states[-1] = hidden  # as in Llama: the last entry is the normalised output
-        return BaseModelOutputWithPast(
+        outputs = BaseModelOutputWithPast(
             last_hidden_state=hidden,
-            past_key_values=past_key_values if use_cache else None,
             hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
+            attentions=tuple(all_attentions) if output_attentions else None,
+            **cache_output(cache if use_cache else None),
         )
+        return outputs if return_dict else outputs.to_tuple()
 
 
 class PlaitForCausalLM(PlaitPreTrainedModel, GenerationMixin):
@@ -145,25 +169,28 @@ class PlaitForCausalLM(PlaitPreTrainedModel, GenerationMixin):
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | dict | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
+        output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         return_dict: bool | None = None,
         **kwargs,
-    ) -> CausalLMOutputWithPast:
+    ) -> CausalLMOutputWithPast | tuple:
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=take_cache(cache, kwargs),
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
+            return_dict=True,
             **kwargs,
         )
         hidden = outputs.last_hidden_state
@@ -177,12 +204,16 @@ class PlaitForCausalLM(PlaitPreTrainedModel, GenerationMixin):
             loss = self.loss_function(
                 logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs
             )
-        return CausalLMOutputWithPast(
+        result = CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            **cache_output(output_cache(outputs)),
         )
+        if return_dict is None:
+            return_dict = self.config.return_dict
+        return result if return_dict else result.to_tuple()
 
 
 __all__ = ["PlaitPreTrainedModel", "PlaitModel", "PlaitForCausalLM"]

@@ -110,14 +110,21 @@ class PlaitViTModel(PlaitViTPreTrainedModel):
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         interpolate_pos_encoding: bool | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPooling:
+        """As transformers' `ViTModel.forward`. `hidden_states` are [batch, tokens, hidden] also for
+        multi-stream residuals (the state collapsed as before the final norm), the first entry the
+        embeddings; `return_dict=False` gives the output as a tuple."""
         if pixel_values is None:
             raise ValueError("pass pixel_values")
-        if output_hidden_states is None:
-            output_hidden_states = self.config.output_hidden_states
+        config = self.config
+        output_attentions = config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = (
+            config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        )
         hidden, grid = self.embeddings(pixel_values, bool(interpolate_pos_encoding))
         position_embeddings = None
         if self.rotary is not None:
@@ -125,11 +132,20 @@ class PlaitViTModel(PlaitViTPreTrainedModel):
                 hidden, grid, self.embeddings.prefix, bool(interpolate_pos_encoding)
             )
         state = self.streams.expand(hidden)
-        all_hidden_states = [state] if output_hidden_states else None
+        all_hidden_states = [hidden] if output_hidden_states else None
+        all_attentions = [] if output_attentions else None
         for block in self.layers:
-            state = block(state, position_embeddings=position_embeddings, attention_mask=None, **kwargs)
+            state, attention = block(
+                state,
+                position_embeddings=position_embeddings,
+                attention_mask=None,  # bidirectional: every token sees every token
+                output_attentions=output_attentions,
+                **kwargs,
+            )
             if output_hidden_states:
-                all_hidden_states.append(state)
+                all_hidden_states.append(self.streams.collapse(state))
+            if output_attentions:
+                all_attentions.append(attention)
         hidden = self.norm(self.streams.collapse(state))
         if output_hidden_states:
             all_hidden_states[-1] = hidden
@@ -138,6 +154,7 @@ class PlaitViTModel(PlaitViTPreTrainedModel):
             last_hidden_state=hidden,
             pooler_output=pooled,
             hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
+            attentions=tuple(all_attentions) if output_attentions else None,
         )
 
 
@@ -182,19 +199,23 @@ class PlaitViTForImageClassification(PlaitViTPreTrainedModel):
         self,
         pixel_values: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         interpolate_pos_encoding: bool | None = None,
         **kwargs,
     ) -> ImageClassifierOutput:
         outputs = self.vit(
             pixel_values,
+            output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             interpolate_pos_encoding=interpolate_pos_encoding,
             **kwargs,
         )
         logits = self.classifier(self.dropout(outputs.pooler_output))
         loss = None if labels is None else classification_loss(logits, labels, self.config)
-        return ImageClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+        return ImageClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
 
 
 __all__ = ["PlaitViTPreTrainedModel", "PlaitViTModel", "PlaitViTForImageClassification"]

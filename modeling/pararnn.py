@@ -46,7 +46,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from transformers import initialization as init
-from transformers.cache_utils import CacheLayerMixin, LinearAttentionLayer
+from transformers.cache_utils import STATIC_LAYER_TYPE_MAPPING, CacheLayerMixin, LinearAttentionLayer
 
 from plait.kernels.linear_scan import SCAN_MODES, _matvec2, linear_scan, resolve_mode
 
@@ -248,6 +248,12 @@ class ParaLSTMCacheLayer(ParaRNNCacheLayer):
     _layer_type = "pararnn_lstm"
 
 
+# `_layer_type` registers the layers for `DynamicCache`; a recurrent state has a fixed size, so a
+# `StaticCache` uses the same layers (as transformers does for its own linear-attention layers).
+for _layer in (ParaGRUCacheLayer, ParaLSTMCacheLayer):
+    STATIC_LAYER_TYPE_MAPPING[_layer._layer_type] = _layer
+
+
 # ------------------------------------------------------------------------------------------------ mixer
 def check_pararnn_config(config) -> None:
     mode = getattr(config, "pararnn_mode", "auto")
@@ -258,14 +264,14 @@ def check_pararnn_config(config) -> None:
         raise ValueError(f"pararnn_newton_iters={iters!r} must be an integer >= 1")
 
 
-def padding_keep_mask(attention_mask, batch: int, length: int) -> torch.Tensor | None:
+def padding_keep_mask(attention_mask, batch: int, length: int, past: int) -> torch.Tensor | None:
     """[B, T, 1] float, 0 at padded positions, from the 4-D mask of `create_causal_mask`: a token is padding
-    iff it may not attend to itself (the diagonal entry of its row, the last `length` key columns)."""
+    iff it may not attend to itself (the diagonal entry of its row: key column `past` + row, also when a
+    static cache makes the mask wider than the tokens seen)."""
     if attention_mask is None or attention_mask.dim() != 4:
         return None
-    kv = attention_mask.shape[-1]
     rows = torch.arange(length, device=attention_mask.device)
-    diag = attention_mask[:, 0, rows, kv - length + rows]  # [B, T]
+    diag = attention_mask[:, 0, rows, past + rows]  # [B, T]
     keep = diag if diag.dtype == torch.bool else diag == 0
     if bool(keep.all()):
         return None
@@ -316,12 +322,15 @@ class ParaRNNMixer(nn.Module):
         u = in_proj(x).view(batch, length, 3, self.width).transpose(2, 3)  # [B, T, D, 3]
         return pararnn(self.cell_name, u, params, h0=h0, keep=keep, mode=self.mode, iters=self.iters)
 
-    def forward(self, x, position_embeddings=None, attention_mask=None, past_key_values=None, **kwargs):
+    def forward(self, x, position_embeddings=None, attention_mask=None, cache=None, **kwargs):
+        """Returns (output, None): a recurrent layer has no attention weights."""
         batch, length = x.shape[:2]
-        keep = padding_keep_mask(attention_mask, batch, length)
-        cache = past_key_values.layers[self.layer_idx] if past_key_values is not None else None
+        cache = cache.layers[self.layer_idx] if cache is not None else None
         if cache is not None and self.bidirectional:
             raise ValueError("a bidirectional ParaRNN mixer has no recurrent cache; call it without one")
+        keep = padding_keep_mask(
+            attention_mask, batch, length, past=cache.seen_tokens if cache is not None else 0
+        )
         h0 = cache.state if cache is not None else None
         states, residual = self.scan(x, self.in_proj, self.params(), keep, h0)
         if cache is not None:
@@ -337,7 +346,7 @@ class ParaRNNMixer(nn.Module):
                 residual = torch.maximum(residual, reverse_residual)
         if residual is not None:
             self.last_residual = residual.detach()  # a tensor: no host sync in the forward
-        return self.out_proj(h.to(x.dtype))
+        return self.out_proj(h.to(x.dtype)), None
 
 
 @TOKEN_MIXERS.register("pararnn_gru", validate=check_pararnn_config)

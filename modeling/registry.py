@@ -61,5 +61,7 @@ RESIDUALS = Registry(
     "residual"
 )  # value: a ResidualKind (per-site module + model-level stream expand/collapse)
 MLP_ACTIVATIONS = Registry("mlp_act")  # value: (config) -> nn.Module mapping [..., hidden] -> [..., hidden]
-ATTENTION_FUNCTIONS = Registry("attention")  # value: attention core (module, q, k, v, mask, scaling, dropout)
-TOKEN_MIXERS = Registry("layer_types")  # value: (config, layer_idx) -> token-mixer nn.Module
+ATTENTION_FUNCTIONS = Registry("attention")  # value: attention core, contract in plait.modeling.attention
+# value: (config, layer_idx) -> token-mixer nn.Module whose forward(h, position_embeddings, attention_mask,
+# cache, output_attentions, ...) returns (out, attention weights or None)
+TOKEN_MIXERS = Registry("layer_types")

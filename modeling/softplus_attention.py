@@ -15,21 +15,26 @@ reference and Triton kernels live in `plait.kernels.lssa`.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
-from ..kernels.lssa import softplus_attention
-from .attention import repeat_kv
+from ..kernels.lssa import lssa_weights, softplus_attention
+from .attention import causal_mask_for_none, repeat_kv
 from .registry import ATTENTION_FUNCTIONS
 
 
 def bool_attention_mask(
-    attention_mask: torch.Tensor | None, q_len: int, kv_len: int, causal: bool = True
+    attention_mask: torch.Tensor | None, q_len: int, kv_len: int, device, causal: bool = True
 ) -> torch.Tensor | None:
-    """The mask as bool [B, 1, Tq, Tk] (True = may attend), or None when it adds nothing to `causal` (the
-    kernel then applies causality itself, aligned to the last key, or sees every key).
+    """The mask as bool [B, 1, Tq, Tk] (True = may attend), or None when the kernel's own rule for `causal`
+    is the mask (causal on the last keys, or every key when not causal).
 
     Accepts transformers' masks for every back-end: bool 4-D (sdpa), additive float 4-D (eager; 0 = attend),
     or a 2-D [B, Tk] padding mask (flash attention), which is combined with the causal mask here."""
     if attention_mask is None:
+        # The kernels' None aligns the causal mask to the last key, transformers' to the first: they differ
+        # only when 1 < Tq < Tk (the prefill of an empty static cache), so only then is the mask built.
+        if causal and 1 < q_len < kv_len:
+            return causal_mask_for_none(q_len, kv_len, device)[None, None]
         return None
     if attention_mask.dim() == 2:
         padding = attention_mask[:, None, None, -kv_len:].bool()
@@ -42,16 +47,21 @@ def bool_attention_mask(
     return attention_mask[..., :kv_len]
 
 
-def _core(module, q, k, v, attention_mask, reweight: bool, dropout: float, is_causal: bool):
+def _core(module, q, k, v, attention_mask, reweight: bool, dropout: float, output_attentions: bool, causal):
     groups = module.num_key_value_groups
     k, v = repeat_kv(k, groups), repeat_kv(v, groups)
-    mask = bool_attention_mask(attention_mask, q.shape[2], k.shape[2], causal=is_causal)
+    mask = bool_attention_mask(attention_mask, q.shape[2], k.shape[2], q.device, causal)
+    if output_attentions:  # the fused kernels never hold the weights: compute them with the reference
+        weights = lssa_weights(q, k, mask, reweight=reweight, power=module.config.lssar_power, causal=causal)
+        weights = F.dropout(weights, p=dropout, training=module.training)
+        out = (weights @ v.float()).to(q.dtype)
+        return out.transpose(1, 2).contiguous(), weights.to(q.dtype)
     out = softplus_attention(
         q,
         k,
         v,
         mask,
-        causal=is_causal,
+        causal=causal,
         reweight=reweight,
         power=module.config.lssar_power,
         dropout=dropout,
@@ -61,9 +71,21 @@ def _core(module, q, k, v, attention_mask, reweight: bool, dropout: float, is_ca
 
 
 @ATTENTION_FUNCTIONS.register("lssa")
-def lssa_attention(module, q, k, v, attention_mask, scaling=None, dropout=0.0, *, is_causal, **kwargs):
+def lssa_attention(
+    module,
+    q,
+    k,
+    v,
+    attention_mask,
+    scaling=None,
+    dropout=0.0,
+    output_attentions=False,
+    *,
+    is_causal,
+    **kwargs,
+):
     """LSSA: softplus of ln(d)·ln(N_i)-scaled cosine scores, rows L1-normalised."""
-    return _core(module, q, k, v, attention_mask, reweight=False, dropout=dropout, is_causal=is_causal)
+    return _core(module, q, k, v, attention_mask, False, dropout, output_attentions, is_causal)
 
 
 def check_lssar_config(config) -> None:
@@ -72,9 +94,21 @@ def check_lssar_config(config) -> None:
 
 
 @ATTENTION_FUNCTIONS.register("lssar", validate=check_lssar_config)
-def lssar_attention(module, q, k, v, attention_mask, scaling=None, dropout=0.0, *, is_causal, **kwargs):
+def lssar_attention(
+    module,
+    q,
+    k,
+    v,
+    attention_mask,
+    scaling=None,
+    dropout=0.0,
+    output_attentions=False,
+    *,
+    is_causal,
+    **kwargs,
+):
     """LSSAR: LSSA followed by the ReLU(N_i·A − O)^p re-weighting, renormalised."""
-    return _core(module, q, k, v, attention_mask, reweight=True, dropout=dropout, is_causal=is_causal)
+    return _core(module, q, k, v, attention_mask, True, dropout, output_attentions, is_causal)
 
 
 __all__ = ["lssa_attention", "lssar_attention", "bool_attention_mask"]

@@ -114,6 +114,10 @@ def test_tuple_output_hidden_states_and_sdpa_equals_eager():
     assert torch.equal(logits, out.logits) and len(hidden_states) == 4
     model.set_attn_implementation("eager")  # eager builds no mask unless causal: full attention, as sdpa
     torch.testing.assert_close(model(x).logits, out.logits, atol=1e-5, rtol=1e-5)
+    attentions = model(x, output_attentions=True).attentions
+    assert len(attentions) == 3 and attentions[0].shape == (2, 2, 17, 17)
+    torch.testing.assert_close(attentions[0].sum(-1), torch.ones(2, 2, 17))
+    assert (attentions[0] > 0).all()  # bidirectional: no key is masked
 
 
 def test_every_patch_sees_every_patch():

@@ -64,12 +64,16 @@ def test_padded_batch_counts_only_real_tokens(attention):
 def test_mask_conversion_for_every_backend():
     causal = torch.ones(3, 5, dtype=torch.bool).tril(2)[None, None]
     additive = torch.zeros(1, 1, 3, 5).masked_fill(~causal, torch.finfo(torch.float32).min)
-    assert torch.equal(bool_attention_mask(additive, 3, 5), causal)
+    assert torch.equal(bool_attention_mask(additive, 3, 5, "cpu"), causal)
     padding = torch.tensor([[0, 1, 1, 1, 1]])
     expected = causal.clone()
     expected[..., 0] = False
-    assert torch.equal(bool_attention_mask(padding, 3, 5), expected)
-    assert bool_attention_mask(None, 3, 5) is None
+    assert torch.equal(bool_attention_mask(padding, 3, 5, "cpu"), expected)
+    assert bool_attention_mask(None, 3, 3, "cpu") is None  # the kernels' own causal mask
+    # transformers' None with fewer queries than keys (an empty static cache): causal from the first key
+    assert torch.equal(
+        bool_attention_mask(None, 3, 5, "cpu"), torch.ones(3, 5, dtype=torch.bool).tril()[None, None]
+    )
 
 
 def test_lssar_power_is_validated():
