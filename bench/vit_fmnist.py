@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 import transformers
+from transformers import TrainerCallback
 
 from plait.train.recipe import load_recipe
 from plait.train.trainer import device_name, run
@@ -48,15 +49,28 @@ def curves(log_history: list[dict]) -> dict[str, list]:
     }
 
 
+class EvalClock(TrainerCallback):
+    """Wall seconds since the run started (data loading included) at every evaluation."""
+
+    def __init__(self, start: float):
+        self.start, self.times = start, []
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        self.times.append({"step": state.global_step, "wall_seconds": time.perf_counter() - self.start})
+
+
 def train_variant(name: str, overrides: list[str], output_dir: Path) -> dict:
     recipe = load_recipe(
         "vit_tiny_fmnist", [*overrides, f"train.output_dir={output_dir / name}", "checkpoint.resume=null"]
     )
     load_before = os.getloadavg()
     start = time.perf_counter()
-    result = run(recipe)
+    clock = EvalClock(start)
+    result = run(recipe, callbacks=[clock])
     wall = time.perf_counter() - start
     history = curves(result.log_history)
+    for point, stamp in zip(history["eval"], clock.times, strict=True):
+        point["wall_seconds"] = stamp["wall_seconds"]
     eval_times = [e for e in result.log_history if "eval_accuracy" in e]
     final = eval_times[-1] if eval_times else {}
     return {
