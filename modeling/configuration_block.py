@@ -8,7 +8,12 @@ and pass explicitly to their attention cores and kernels.
 
 from __future__ import annotations
 
-from typing import ClassVar
+import dataclasses
+import difflib
+import math
+import sys
+import types
+import typing
 
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
@@ -31,10 +36,10 @@ class PlaitBlockConfig(PreTrainedConfig):
     - `layer_types`: one token mixer per layer (`"full_attention"`, also spelled `"attention"`, which
       transformers renames when the config is built); `None` means attention in every layer.
 
-    An invalid value raises `ValueError` naming the field, the value and the valid choices.
+    An invalid value raises `ValueError` naming the field, the value and the valid choices; so does an unknown
+    keyword (or `config.json` key), with the closest valid name: a typo never builds another model silently.
+    Each backbone's config sets the class attribute `is_causal` (True for the decoder LM, False for the ViT).
     """
-
-    is_causal: ClassVar[bool]  # set by each backbone's config: True for the decoder LM, False for the ViT
 
     hidden_size: int = 512
     intermediate_size: int = 1408
@@ -67,6 +72,17 @@ class PlaitBlockConfig(PreTrainedConfig):
     pararnn_newton_iters: int = 3  # ParaRNN layers: Newton iterations per forward (the reference code runs 3)
 
     def __post_init__(self, **kwargs):
+        _reject_unknown_keys(type(self), kwargs)
+        _check_types(self)
+        if (
+            self.head_dim is None
+            and self.num_attention_heads > 0
+            and self.hidden_size % self.num_attention_heads
+        ):
+            raise ValueError(
+                f"hidden_size={self.hidden_size} is not divisible by num_attention_heads="
+                f"{self.num_attention_heads}; change one, or set head_dim explicitly"
+            )
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
         if self.head_dim is None and self.num_attention_heads > 0:
@@ -121,6 +137,73 @@ class PlaitBlockConfig(PreTrainedConfig):
             registry.validate(getattr(self, registry.field), self)
         for mixer in set(self.layer_types):
             TOKEN_MIXERS.validate(mixer, self)
+
+
+# Keys transformers itself writes into or passes through `config.json` beside the declared fields.
+_TRANSFORMERS_KEYS = {
+    "model_type",
+    "transformers_version",
+    "architectures",
+    "name_or_path",
+    "_name_or_path",
+    "_commit_hash",
+    "auto_map",
+    "torch_dtype",
+    "num_labels",  # a classifier's label count: transformers turns it into id2label / label2id
+}
+
+
+def _declared_fields(cls: type) -> dict[str, typing.Any]:
+    """Name -> type of the fields the Plait config classes declare (not transformers' base fields)."""
+    fields = {}
+    for klass in reversed(cls.__mro__[: cls.__mro__.index(PreTrainedConfig)]):
+        namespace = vars(sys.modules[klass.__module__])
+        for name, annotation in vars(klass).get("__annotations__", {}).items():
+            if not name.startswith("_"):
+                fields[name] = eval(annotation, namespace) if isinstance(annotation, str) else annotation
+    return fields
+
+
+def _reject_unknown_keys(cls: type, extra: dict) -> None:
+    known = {f.name for f in dataclasses.fields(cls)} | _TRANSFORMERS_KEYS
+    for key in sorted(set(extra) - known):
+        close = difflib.get_close_matches(key, sorted(_declared_fields(cls)), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(
+            f"{cls.__name__} has no field {key!r}{hint} (valid fields: {sorted(_declared_fields(cls))})"
+        )
+
+
+def _matches(value: typing.Any, tp: typing.Any) -> bool:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in typing.get_args(tp))
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        return isinstance(value, list) and all(_matches(v, item) for v in value)
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return isinstance(value, tp)
+
+
+def _check_types(config) -> None:
+    """Every declared field holds a value of its declared type; floats are finite."""
+    for name, tp in sorted(_declared_fields(type(config)).items()):
+        value = getattr(config, name)
+        if not _matches(value, tp):
+            kind = str(tp).replace("typing.", "").replace("<class '", "").replace("'>", "")
+            problem = (
+                "is not finite"
+                if isinstance(value, float) and not math.isfinite(value)
+                else "has the wrong type"
+            )
+            raise ValueError(f"{name}={value!r} {problem}; expected {kind}")
 
 
 __all__ = ["PlaitBlockConfig"]

@@ -11,7 +11,8 @@ from .configuration_block import PlaitBlockConfig
 class PlaitConfig(PlaitBlockConfig):
     r"""Configuration of the Plait decoder LM: the block's dimensions and switches (`PlaitBlockConfig`) plus
     the vocabulary, the context length of its 1-D rotary positions, the KV cache and the special tokens.
-    The LM is causal: every token mixer sees only the tokens before it."""
+    The LM is causal: every token mixer sees only the tokens before it. Unknown keys, wrong types and invalid
+    values raise `ValueError` naming the field (see `PlaitBlockConfig`)."""
 
     model_type = "plait"
     keys_to_ignore_at_inference = ["cache", "past_key_values"]

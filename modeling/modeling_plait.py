@@ -68,6 +68,22 @@ def positions_from_mask(
     return positions.clamp(min=0)[:, -length:]
 
 
+def check_input_ids(input_ids: torch.Tensor, vocab_size: int) -> None:
+    """[batch, seq] integer ids inside the vocabulary, or a ValueError saying what is wrong (on a GPU an id
+    out of range would otherwise be a device-side assert that ends the process). The range check costs one
+    small device-to-host copy; it is skipped while compiling."""
+    if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+        raise ValueError(f"input_ids must be [batch, seq] with seq >= 1, got shape {tuple(input_ids.shape)}")
+    if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
+        raise ValueError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}")
+    if torch.compiler.is_compiling() or input_ids.numel() == 0:
+        return
+    low, high = (int(v) for v in torch.aminmax(input_ids))
+    if low < 0 or high >= vocab_size:
+        bad = low if low < 0 else high
+        raise ValueError(f"input_ids holds token id {bad}, outside the vocabulary [0, {vocab_size})")
+
+
 class PlaitModel(PlaitPreTrainedModel):
     """Token embedding → residual expand → Plait blocks → residual collapse → RMSNorm; causal attention
     (`create_causal_mask`) with 1-D rotary positions."""
@@ -101,6 +117,8 @@ class PlaitModel(PlaitPreTrainedModel):
         multi-stream residuals (the state collapsed as before the final norm)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        if input_ids is not None:
+            check_input_ids(input_ids, self.config.vocab_size)
         cache = take_cache(cache, kwargs)
         config = self.config
         use_cache = config.use_cache if use_cache is None else use_cache

@@ -104,24 +104,38 @@ def _apply(A, x, block):
     return _matvec2(A, x) if block else A * x
 
 
-def _shift(H: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
-    """[h_0, h_1, ..., h_{T-1}]: the previous state of every step."""
-    return torch.cat((h0[:, None], H[:, :-1]), 1)
+def _shift(H: torch.Tensor, h0: torch.Tensor, carry: torch.Tensor | None, block: bool) -> torch.Tensor:
+    """[h_0, h_1, ..., h_{T-1}]: the previous state of every step, zeroed where `carry` is 0 (a new
+    document starts there, so its first step sees the zero state as at the start of a sequence)."""
+    hp = torch.cat((h0[:, None], H[:, :-1]), 1)
+    return hp if carry is None else hp * _expand(carry, block)
 
 
-def newton_solve(cell, block, u, keep, params, h0, iters: int, mode: str):
-    """Solve h_t = f(h_{t-1}, u_t) for all t by `iters` Newton iterations from h_t = f(0, u_t) (h_0 at t = 1).
-    Returns the states [B, T, D(, 2)] and the final residual max|h_t − f(h_{t-1})| as a 0-dim tensor."""
+def _expand(carry: torch.Tensor, block: bool) -> torch.Tensor:
+    return carry[..., None] if block else carry  # [B, T, 1] -> broadcastable to the state
+
+
+def _carried(A: torch.Tensor, carry: torch.Tensor | None, block: bool) -> torch.Tensor:
+    """∂f/∂h_{t-1} through the reset: the Jacobian with respect to the zeroed input times `carry`."""
+    if carry is None:
+        return A
+    return A * (carry[..., None, None] if block else carry)
+
+
+def newton_solve(cell, block, u, keep, carry, params, h0, iters: int, mode: str):
+    """Solve h_t = f(c_t·h_{t-1}, u_t) for all t by `iters` Newton iterations from h_t = f(0, u_t) (h_0 at
+    t = 1); c_t = `carry` (1, or 0 where a document starts; None: all 1). Returns the states [B, T, D(, 2)]
+    and the final residual max|h_t − f(c_t·h_{t-1})| as a 0-dim tensor."""
     hp = torch.zeros_like(h0[:, None]).expand(-1, u.shape[1], *h0.shape[1:]).clone()
-    hp[:, 0] = h0
+    hp[:, 0] = h0 if carry is None else h0 * _expand(carry[:, 0], block)
     H = cell(hp, u, keep, *params)
     for _ in range(iters):
-        hp = _shift(H, h0)
+        hp = _shift(H, h0, carry, block)
         fx, A = cell_and_jacobian(cell, block, hp, u, keep, params)
         rhs = fx - _apply(A, hp, block)
         rhs[:, 0] = fx[:, 0]  # h_0 is fixed, not an unknown: the first step carries no A_1 h_0 term
-        H = linear_scan(A, rhs, mode)
-    residual = (H - cell(_shift(H, h0), u, keep, *params)).abs().max()
+        H = linear_scan(_carried(A, carry, block), rhs, mode)
+    residual = (H - cell(_shift(H, h0, carry, block), u, keep, *params)).abs().max()
     return H, residual
 
 
@@ -129,25 +143,27 @@ class ParaRNNFunction(torch.autograd.Function):
     """Newton forward + implicit (IFT) backward; see the module docstring. Computes in fp32."""
 
     @staticmethod
-    def forward(ctx, cell_name, mode, iters, u, keep, h0, *params):
+    def forward(ctx, cell_name, mode, iters, u, keep, carry, h0, *params):
         cell, block = CELLS[cell_name]
         dtypes = (u.dtype, h0.dtype, [p.dtype for p in params])
         u32, h032 = u.float(), h0.float()
         p32 = tuple(p.float() for p in params)
         keep32 = None if keep is None else keep.float()
-        H, residual = newton_solve(cell, block, u32, keep32, p32, h032, iters, mode)
-        ctx.save_for_backward(H, u32, h032, keep32, *p32)
+        carry32 = None if carry is None else carry.float()
+        H, residual = newton_solve(cell, block, u32, keep32, carry32, p32, h032, iters, mode)
+        ctx.save_for_backward(H, u32, h032, keep32, carry32, *p32)
         ctx.cell_name, ctx.mode, ctx.dtypes = cell_name, mode, dtypes
         ctx.mark_non_differentiable(residual)
         return H.to(u.dtype), residual
 
     @staticmethod
     def backward(ctx, grad_H, _grad_residual):
-        H, u, h0, keep, *params = ctx.saved_tensors
+        H, u, h0, keep, carry, *params = ctx.saved_tensors
         cell, block = CELLS[ctx.cell_name]
-        hp = _shift(H, h0)
+        hp = _shift(H, h0, carry, block)
         with torch.no_grad():
             _, A = cell_and_jacobian(cell, block, hp, u, keep, params)
+            A = _carried(A, carry, block)
             # g_t = dL/dh_t + A_{t+1}ᵀ g_{t+1}: a reverse scan whose step-t coefficient is A_{t+1}ᵀ
             At = A.transpose(-1, -2) if block else A
             At = torch.cat((At[:, 1:], torch.zeros_like(At[:, :1])), 1)
@@ -158,18 +174,23 @@ class ParaRNNFunction(torch.autograd.Function):
             out = cell(leaves[0], leaves[1], keep, *leaves[2:])
             grads = torch.autograd.grad(out, leaves, g)
         u_dtype, h0_dtype, p_dtypes = ctx.dtypes
-        grad_h0 = grads[0][:, 0].to(h0_dtype)  # ∂f(h_0, u_1)/∂h_0ᵀ g_1
+        grad_h0 = grads[0][:, 0]  # ∂f(c_1·h_0, u_1)/∂h_0ᵀ g_1
+        if carry is not None:
+            grad_h0 = grad_h0 * _expand(carry[:, 0], block)
         grad_params = tuple(gp.to(dt) for gp, dt in zip(grads[2:], p_dtypes, strict=True))
-        return (None, None, None, grads[1].to(u_dtype), None, grad_h0, *grad_params)
+        return (None, None, None, grads[1].to(u_dtype), None, None, grad_h0.to(h0_dtype), *grad_params)
 
 
-def rnn_sequential(cell_name, u, keep, h0, params):
-    """Ground truth: the plain loop h_t = f(h_{t-1}, u_t), differentiated by autograd through time."""
-    cell, _ = CELLS[cell_name]
+def rnn_sequential(cell_name, u, keep, carry, h0, params):
+    """Ground truth: the plain loop h_t = f(c_t·h_{t-1}, u_t), differentiated by autograd through time."""
+    cell, block = CELLS[cell_name]
     h, out = h0, []
     steps = u.unbind(1)  # one unbind (not T slices): its backward is one stack, so the loop stays O(T)
     keeps = keep.unbind(1) if keep is not None else [None] * len(steps)
-    for u_t, k_t in zip(steps, keeps, strict=True):
+    carries = carry.unbind(1) if carry is not None else [None] * len(steps)
+    for u_t, k_t, c_t in zip(steps, keeps, carries, strict=True):
+        if c_t is not None:
+            h = h * _expand(c_t, block)
         h = cell(h[:, None], u_t[:, None], None if k_t is None else k_t[:, None], *params)[:, 0]
         out.append(h)
     return torch.stack(out, 1)
@@ -183,17 +204,19 @@ def pararnn(
     keep: torch.Tensor | None = None,
     mode: str = "auto",
     iters: int = 3,
+    carry: torch.Tensor | None = None,
 ):
     """Run a ParaRNN cell over a sequence. u: [B, T, D, 3]; params: the cell's parameter tensors;
-    h0: initial state [B, D] (GRU) or [B, D, 2] (LSTM), zeros if None; keep: [B, T, 1] padding keep-mask.
+    h0: initial state [B, D] (GRU) or [B, D, 2] (LSTM), zeros if None; keep: [B, T, 1] padding keep-mask;
+    carry: [B, T, 1], 0 where a new document starts (its state restarts from zero), None for none.
     Returns (states [B, T, D(, 2)], Newton residual as a float or None for the sequential loop)."""
     _, block = CELLS[cell_name]
     if h0 is None:
         h0 = u.new_zeros(u.shape[0], u.shape[2], *((2,) if block else ()))
     mode = resolve_mode(mode, u.device)
     if mode == "sequential" or u.shape[1] == 1:
-        return rnn_sequential(cell_name, u, keep, h0, params), None
-    H, residual = ParaRNNFunction.apply(cell_name, mode, iters, u, keep, h0, *params)
+        return rnn_sequential(cell_name, u, keep, carry, h0, params), None
+    H, residual = ParaRNNFunction.apply(cell_name, mode, iters, u, keep, carry, h0, *params)
     return H, residual
 
 
@@ -278,6 +301,20 @@ def padding_keep_mask(attention_mask, batch: int, length: int, past: int) -> tor
     return keep.expand(batch, length).float()[..., None]
 
 
+def document_carry(position_ids: torch.Tensor | None, batch: int, length: int) -> torch.Tensor | None:
+    """[B, T, 1] float, 0 where a packed document starts inside the sequence (its position id restarts at 0
+    after the first token), so the state does not cross documents, as attention does not; None if none
+    does."""
+    if position_ids is None or length < 2:
+        return None
+    restarts = position_ids[..., 1:] == 0
+    if not bool(restarts.any()):
+        return None
+    carry = torch.ones(position_ids.shape[0], length, device=position_ids.device)
+    carry[:, 1:] = (~restarts).float()
+    return carry.expand(batch, length)[..., None]
+
+
 class ParaRNNMixer(nn.Module):
     """x → in_proj → ParaRNN cell over the sequence → out_proj (the hidden state h of the cell); in a
     bidirectional backbone also reverse_in_proj → reverse cell over the reversed sequence, concatenated."""
@@ -316,11 +353,13 @@ class ParaRNNMixer(nn.Module):
         names = ("state_weight", "peephole") if self.cell_name == "lstm" else ("state_weight",)
         return tuple(getattr(self, prefix + name) for name in names)
 
-    def scan(self, x, in_proj: nn.Linear, params, keep, h0):
+    def scan(self, x, in_proj: nn.Linear, params, keep, h0, carry):
         """One direction over x [B, T, hidden] from h0: the states [B, T, D(, 2)] and the Newton residual."""
         batch, length = x.shape[:2]
         u = in_proj(x).view(batch, length, 3, self.width).transpose(2, 3)  # [B, T, D, 3]
-        return pararnn(self.cell_name, u, params, h0=h0, keep=keep, mode=self.mode, iters=self.iters)
+        return pararnn(
+            self.cell_name, u, params, h0=h0, keep=keep, mode=self.mode, iters=self.iters, carry=carry
+        )
 
     def forward(self, x, position_embeddings=None, attention_mask=None, cache=None, **kwargs):
         """Returns (output, None): a recurrent layer has no attention weights."""
@@ -332,14 +371,17 @@ class ParaRNNMixer(nn.Module):
             attention_mask, batch, length, past=cache.seen_tokens if cache is not None else 0
         )
         h0 = cache.state if cache is not None else None
-        states, residual = self.scan(x, self.in_proj, self.params(), keep, h0)
+        carry = document_carry(kwargs.get("position_ids"), batch, length)
+        states, residual = self.scan(x, self.in_proj, self.params(), keep, h0, carry)
         if cache is not None:
             cache.update_state(states[:, -1], length)
         h = states[..., 1] if self.cell_name == "lstm" else states
         if self.bidirectional:
             flipped = keep.flip(1) if keep is not None else None
+            # reversed, a state restarts after each document's last token: where the next token started one
+            reverse_carry = None if carry is None else torch.cat((carry[:, :1], carry[:, 1:].flip(1)), 1)
             reverse, reverse_residual = self.scan(
-                x.flip(1), self.reverse_in_proj, self.params("reverse_"), flipped, None
+                x.flip(1), self.reverse_in_proj, self.params("reverse_"), flipped, None, reverse_carry
             )
             h = torch.cat((h, (reverse[..., 1] if self.cell_name == "lstm" else reverse).flip(1)), dim=-1)
             if residual is not None:

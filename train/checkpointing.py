@@ -4,6 +4,7 @@ leaves a partial `checkpoint-*` behind (the previous one stays the latest); then
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -45,6 +46,8 @@ class AtomicCheckpoints:
                 os.rename(staged, final)
             _fsync_dir(run_dir)
             rotate(run_dir, self.keep_last)
+            with contextlib.suppress(OSError):  # leave no empty staging directory behind
+                os.rmdir(os.path.join(run_dir, STAGING_DIR))
         self.accelerator.wait_for_everyone()
 
 

@@ -12,7 +12,9 @@ import sys
 
 import yaml
 
-from .recipe import RecipeError, load_recipe
+from .errors import RunError
+from .recipe import RecipeError, load_recipe, model_config
+from .run_dir import AlreadyFinished
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -30,7 +32,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--print",
         dest="print_only",
         action="store_true",
-        help="print the validated recipe and exit without training",
+        help="print the validated recipe and model config and exit without training",
     )
     # The `deepspeed` launcher passes --local_rank; the rank is read from the environment instead.
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
@@ -43,11 +45,17 @@ def main(argv: list[str] | None = None) -> int:
         recipe = load_recipe(args.recipe, args.overrides)
         if args.print_only:
             print(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+            if recipe.model.pretrained is None:
+                print("# model config (validated; vocab_size comes from the tokenizer when unset):")
+                print(model_config(recipe).to_json_string(use_diff=False))
             return 0
         from .trainer import run
 
         result = run(recipe)
-    except RecipeError as e:
+    except AlreadyFinished as e:
+        print(f"plait-train: {e}; nothing to do")
+        return 0
+    except (RecipeError, RunError) as e:
         print(f"plait-train: error: {e}", file=sys.stderr)
         return 2
     if result.final_dir is not None and result.trainer.args.should_save:

@@ -20,12 +20,14 @@ seeded buffer; both resume at the exact batch (the Trainer skips the batches alr
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from datasets import Dataset, IterableDataset, load_dataset
+import pyarrow.compute as pc
+from datasets import Dataset, IterableDataset, Value, load_dataset
 
 from .corpus import split_documents
 from .recipe import DataRecipe, RecipeError
@@ -59,6 +61,61 @@ def _builder_for(paths: list[str]) -> str:
     return builders.pop()
 
 
+def check_file(path: Path, builder: str, text_field: str, key: str) -> None:
+    """Read a data file once before `datasets` does, so a bad file is named with its line (a binary or
+    non-UTF-8 file, a malformed JSON line, a missing, null or non-string text field) instead of failing
+    deep inside a library or, worse, being skipped."""
+    if builder == "parquet":
+        return  # columnar and typed: checked on the loaded column
+    raw = path.read_bytes()
+    if b"\0" in raw[:8192]:
+        raise RecipeError(
+            f"{key}={str(path)!r} looks binary (NUL bytes); give UTF-8 text, JSON(L) or parquet"
+        )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise RecipeError(
+            f"{key}={str(path)!r} line {line}: not UTF-8 ({e.reason}); re-encode the file"
+        ) from None
+    if builder != "json":
+        return
+    if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise RecipeError(f"{key}={str(path)!r} line {e.lineno}: invalid JSON ({e.msg})") from None
+        lines = [(1, row) for row in rows]
+    else:
+        lines = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                lines.append((number, json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise RecipeError(f"{key}={str(path)!r} line {number}: invalid JSON ({e.msg})") from None
+    for number, row in lines:
+        value = row.get(text_field) if isinstance(row, dict) else None
+        if not isinstance(value, str):
+            problem = "is missing" if not isinstance(row, dict) or text_field not in row else f"is {value!r}"
+            raise RecipeError(
+                f"{key}={str(path)!r} line {number}: the text field {text_field!r} {problem}; every record "
+                "needs a string (set data.text_field to the right column)"
+            )
+
+
+def check_text_column(ds: Dataset, text_field: str) -> None:
+    """A loaded text column holds strings only: no other type, no nulls."""
+    feature = ds.features.get(text_field)
+    if not (isinstance(feature, Value) and feature.dtype in ("string", "large_string")):
+        raise RecipeError(f"data.text_field={text_field!r} holds {feature}, not text")
+    nulls = ds.data.column(text_field).null_count
+    if nulls:
+        raise RecipeError(f"data.text_field={text_field!r} is null in {nulls} of {len(ds)} records")
+
+
 def _default_documents(split: str, max_documents: int | None) -> Dataset:
     """The embedded corpus's `split`, read only up to `max_documents` files."""
     try:
@@ -79,6 +136,8 @@ def load_documents(data: DataRecipe, split: str | None = None) -> Dataset | Iter
     else:
         if data.source == "files":
             builder = _builder_for(data.paths)
+            for i, p in enumerate(data.paths):
+                check_file(Path(p).expanduser(), builder, data.text_field, f"data.paths[{i}]")
             kwargs: dict[str, Any] = {"data_files": {split: list(data.paths)}}
             if builder == "text":
                 kwargs["sample_by"] = "document"  # one document per file, not per line
@@ -98,6 +157,8 @@ def load_documents(data: DataRecipe, split: str | None = None) -> Dataset | Iter
             raise RecipeError(
                 f"data.text_field={text_field!r} is not a column of the data; columns: {columns}"
             )
+        if isinstance(ds, Dataset):
+            check_text_column(ds, text_field)
         if data.max_documents is not None:
             ds = (
                 ds.take(data.max_documents)
@@ -212,6 +273,9 @@ def tokenize_and_pack(
     )
     if len(packed) == 0:
         raise ValueError(f"no complete block of {block_size} tokens: the dataset holds too little text")
+    trainable = pc.sum(pc.not_equal(pc.list_flatten(packed.data.column("labels")), IGNORE_INDEX)).as_py()
+    if not trainable:
+        raise ValueError("no token has a label to learn (are the documents empty?)")
     return packed
 
 

@@ -9,7 +9,8 @@ import torch
 from transformers import AutoTokenizer, TrainingArguments, default_data_collator, set_seed
 
 from .data import build_lm_dataset, iter_texts, load_documents
-from .recipe import Recipe, RecipeError
+from .pretrained import load_pretrained
+from .recipe import Recipe, RecipeError, model_config
 from .task import Task
 
 
@@ -35,22 +36,21 @@ def load_tokenizer(recipe: Recipe, args: TrainingArguments, documents) -> Any:
 
 
 def build_model(recipe: Recipe, tokenizer) -> torch.nn.Module:
-    from plait.modeling import PlaitConfig, PlaitForCausalLM
+    from plait.modeling import PlaitForCausalLM
 
     if recipe.model.pretrained:
-        model = PlaitForCausalLM.from_pretrained(
-            recipe.model.pretrained, attn_implementation=recipe.model.attn_implementation, dtype=torch.float32
+        model = load_pretrained(
+            recipe.model.pretrained,
+            PlaitForCausalLM,
+            attn_implementation=recipe.model.attn_implementation,
+            dtype=torch.float32,
         )
     else:
-        kwargs = dict(recipe.model.config)
-        kwargs.setdefault("vocab_size", len(tokenizer))
-        kwargs.setdefault("max_position_embeddings", recipe.data.seq_len)
-        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
-            kwargs.setdefault(name, getattr(tokenizer, name))
-        try:
-            config = PlaitConfig(**kwargs)
-        except (TypeError, ValueError) as e:
-            raise RecipeError(f"model.config is invalid: {e}") from e
+        config = model_config(
+            recipe,
+            vocab_size=len(tokenizer),
+            **{name: getattr(tokenizer, name) for name in ("bos_token_id", "eos_token_id", "pad_token_id")},
+        )
         config._attn_implementation = recipe.model.attn_implementation
         model = PlaitForCausalLM(config)
     if model.config.vocab_size < len(tokenizer):

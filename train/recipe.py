@@ -13,6 +13,8 @@ validation.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -117,6 +119,7 @@ class CheckpointRecipe:
     keep_last: int | None = 3  # None keeps all
     resume: str | None = "auto"  # "auto" = latest checkpoint in output_dir if any; a path; None = fresh start
     save_final: bool = True  # write the final model in `from_pretrained` form to <output_dir>/final
+    resume_despite_changes: bool = False  # resume a run whose stored recipe differs in run-defining keys
 
 
 @dataclass
@@ -176,6 +179,8 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "optim.warmup_steps": (lambda v: v >= 0, "an integer >= 0"),
     "optim.decay_fraction": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
     "optim.max_grad_norm": (lambda v: v >= 0, "a number >= 0 (0 disables clipping)"),
+    "train.output_dir": (lambda v: v.strip() != "", "a non-empty path"),
+    "train.seed": (lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)"),
     "train.max_steps": (lambda v: v >= 1, "an integer >= 1"),
     "train.micro_batch_size": (lambda v: v >= 1, "an integer >= 1"),
     "train.grad_accum": (lambda v: v >= 1, "an integer >= 1"),
@@ -249,6 +254,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         raise TypeError(f"unsupported recipe field type {tp} for {key}")
     if not ok:
         raise RecipeError(f"{key}={value!r} is not valid; expected {_type_name(tp)}")
+    if tp is float and not math.isfinite(value):
+        raise RecipeError(f"{key}={value!r} is not finite; expected {_type_name(tp)}")
     return float(value) if tp is float else value
 
 
@@ -260,9 +267,11 @@ def _build(cls: type, data: Any, prefix: str, sections: dict[str, type] | None =
     unknown = sorted(set(data) - set(fields))
     if unknown:
         where = f"section '{prefix}'" if prefix else "the recipe's top level"
+        close = difflib.get_close_matches(str(unknown[0]), list(fields), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
         raise RecipeError(
             f"unknown key {prefix + '.' if prefix else ''}{unknown[0]} in {where}; "
-            f"valid keys: {', '.join(fields)}"
+            f"{hint}valid keys: {', '.join(fields)}"
         )
     kwargs = {name: tp() for name, tp in (sections or {}).items() if name not in data}
     for name, value in data.items():
@@ -280,17 +289,41 @@ def _build(cls: type, data: Any, prefix: str, sections: dict[str, type] | None =
     return cls(**kwargs)
 
 
+def model_config(recipe: Recipe, **defaults: Any):
+    """The model config `model.config` builds for `model.arch` (`PlaitConfig` or `PlaitViTConfig`, which
+    validate it; `defaults` fill unset keys, e.g. the tokenizer's vocabulary size or the data's class
+    names), or RecipeError naming the problem."""
+    from plait.modeling import PlaitConfig, PlaitViTConfig
+
+    if recipe.model.arch == "plait-vit":
+        config_class, base = PlaitViTConfig, {}
+    else:
+        config_class, base = PlaitConfig, {"max_position_embeddings": recipe.data.seq_len}
+    kwargs = {**base, **defaults, **recipe.model.config}
+    try:
+        return config_class(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise RecipeError(f"model.config is invalid: {e}") from None
+
+
 def _cross_checks(recipe: Recipe) -> None:
+    if recipe.model.pretrained is not None and recipe.model.config:
+        raise RecipeError(
+            f"model.config is set ({sorted(recipe.model.config)}) but so is model.pretrained="
+            f"{recipe.model.pretrained!r}, whose config.json defines the model; remove one of them"
+        )
+    if recipe.model.pretrained is None:
+        model_config(recipe)
     data = recipe.data
+    if data.source == "hub" and not data.name:
+        raise RecipeError("data.name is not set but data.source='hub'; give a datasets hub name")
     if isinstance(data, ImageDataRecipe):
         _image_data_checks(data)
     elif data.source == "files" and not data.paths:
         raise RecipeError(
             "data.paths is empty but data.source='files'; list the text/JSON/parquet files to train on"
         )
-    if data.source == "hub" and not data.name:
-        raise RecipeError("data.name is not set but data.source='hub'; give a datasets hub name")
-    if data.source == "files":
+    elif data.source == "files":
         for i, p in enumerate(data.paths):
             if not Path(p).expanduser().exists():
                 raise RecipeError(f"data.paths[{i}]={p!r} does not exist")
@@ -304,8 +337,6 @@ def _cross_checks(recipe: Recipe) -> None:
 
 
 def _image_data_checks(data: ImageDataRecipe) -> None:
-    if data.source == "hub" and not data.name:
-        raise RecipeError("data.name is not set but data.source='hub'; give a datasets hub name")
     if data.path is not None and not Path(data.path).expanduser().exists():
         raise RecipeError(f"data.path={data.path!r} does not exist")
     if (
@@ -339,7 +370,10 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     path = key.strip().split(".")
     if not all(path):
         raise RecipeError(f"override {item!r} has an empty key component")
-    return path, yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        return path, yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise RecipeError(f"override {item!r}: the value is not valid YAML ({e})") from None
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -371,8 +405,14 @@ def resolve_recipe_path(name_or_path: str) -> Path:
 
 def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe:
     path = resolve_recipe_path(name_or_path)
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
+    if not path.is_file():
+        raise RecipeError(
+            f"recipe {str(path)!r} is not a file; give a YAML recipe file or a shipped recipe name"
+        )
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise RecipeError(f"recipe file {path} is not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise RecipeError(f"recipe file {path} must hold a mapping of sections, got {type(data).__name__}")
     return recipe_from_dict(apply_overrides(data, overrides or []))

@@ -30,13 +30,14 @@ from typing import Any
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
 
 from plait.modeling.weight_decay import decay_parameter_names
 
 from .checkpointing import STAGING_DIR, AtomicCheckpoints
+from .errors import RunError
 from .metrics import Clock, composite_gain, device_name, flops_per_token, peak_tflops  # noqa: F401  (API)
 from .recipe import Recipe, RecipeError
+from .run_dir import DirectoryLock, prepare
 from .tasks import build_task
 
 
@@ -61,10 +62,37 @@ class PlaitTrainer(AtomicCheckpoints, Trainer):
         self.clock = Clock()
         self.add_callback(self.clock)
         self.probe: torch.Tensor | None = None  # one training example, to log the HC composite gain on
+        self.last_finite: dict[str, float] = {}  # the last logged step whose loss and grad norm were finite
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         self.probe = inputs[self.accelerator.unwrap_model(model).main_input_name][:1].detach()
         return super().training_step(model, inputs, num_items_in_batch)
+
+    def _maybe_log_save_evaluate(self, tr_loss, grad_norm, *args, **kwargs):
+        # Before a log line or a checkpoint: a non-finite loss (summed since the last log) or gradient norm
+        # stops the run, so NaN weights are never saved over the last good checkpoint nor logged as a loss.
+        if self.control.should_log or self.control.should_save:
+            self._stop_if_not_finite(tr_loss, grad_norm)
+        super()._maybe_log_save_evaluate(tr_loss, grad_norm, *args, **kwargs)
+
+    def _stop_if_not_finite(self, tr_loss: torch.Tensor, grad_norm) -> None:
+        norm = torch.as_tensor(0.0 if grad_norm is None else grad_norm, dtype=torch.float32)
+        values = torch.stack([tr_loss.detach().float().reshape(()), norm.to(tr_loss.device).reshape(())])
+        values = self.accelerator.gather(values).view(-1, 2)  # every rank stops alike
+        if torch.isfinite(values).all():
+            return
+        what = " and ".join(
+            name
+            for name, column in (("loss", 0), ("gradient norm", 1))
+            if not torch.isfinite(values[:, column]).all()
+        )
+        last = self.last_finite
+        since = f"last finite at step {last['step']}: {last}" if last else "no finite value was logged yet"
+        raise RunError(
+            f"training diverged: non-finite {what} at step {self.state.global_step} ({since}); nothing was "
+            "saved from this step. Lower optim.lr, raise optim.warmup_steps or set optim.max_grad_norm, then "
+            "resume from the last checkpoint."
+        )
 
     def get_decay_parameter_names(self, model: torch.nn.Module) -> list[str]:
         return decay_parameter_names(model)
@@ -81,6 +109,11 @@ class PlaitTrainer(AtomicCheckpoints, Trainer):
                     logs["mfu"] = tflops / self.peak
             if self.clock.mark is not None:
                 logs.update(composite_gain(self.accelerator.unwrap_model(self.model), self.probe))
+            self.last_finite = {
+                "step": self.state.global_step,
+                "loss": logs["loss"],
+                **({"grad_norm": logs["grad_norm"]} if "grad_norm" in logs else {}),
+            }
         super().log(logs, start_time)
 
 
@@ -134,6 +167,7 @@ def training_arguments(recipe: Recipe) -> TrainingArguments:
         torch_compile=t.compile,
         logging_steps=lg.every,
         logging_first_step=True,
+        logging_nan_inf_filter=False,  # a non-finite loss stops the run (PlaitTrainer), never logs as 0
         save_strategy="steps" if c.every else "no",
         save_steps=c.every or 1,
         eval_strategy="steps" if t.eval_every else "no",
@@ -148,6 +182,15 @@ def training_arguments(recipe: Recipe) -> TrainingArguments:
         use_cpu=not torch.cuda.is_available(),
         deepspeed=recipe.engine.deepspeed,
     )
+
+
+def describe_engine(trainer: Trainer, recipe: Recipe) -> str:
+    """One line: the engine, world size and precision that actually run (from Accelerate's state)."""
+    state = trainer.accelerator.state
+    engine = str(state.distributed_type).rsplit(".", 1)[-1]
+    if state.deepspeed_plugin is not None:
+        engine += f" ZeRO-{state.deepspeed_plugin.zero_stage}"
+    return f"engine {engine}, world size {state.num_processes}, precision {recipe.train.precision}"
 
 
 def _deepspeed_cpu_without_shm() -> None:
@@ -178,11 +221,36 @@ def run(recipe: Recipe, callbacks: list[TrainerCallback] | None = None) -> RunRe
         _deepspeed_cpu_without_shm()
     args = training_arguments(recipe)
     output_dir = Path(recipe.train.output_dir)
-    if args.should_save:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(output_dir / STAGING_DIR, ignore_errors=True)  # partial saves of a crashed run
-        (output_dir / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2))
+    lock = DirectoryLock(output_dir)
+    try:
+        resume = _prepare_output_dir(recipe, args, lock)
+        return _train(recipe, args, resume, callbacks)
+    finally:
+        lock.release()
 
+
+def _prepare_output_dir(recipe: Recipe, args: TrainingArguments, lock: DirectoryLock) -> str | None:
+    """The main process locks and checks the output directory (`run_dir.prepare`); every rank gets its
+    verdict: the checkpoint to resume from, or the error."""
+    verdict: tuple[str | None, Exception | None] = (None, None)
+    if args.should_save:
+        try:
+            verdict = (prepare(recipe, lock), None)
+            shutil.rmtree(Path(recipe.train.output_dir) / STAGING_DIR, ignore_errors=True)  # a crashed save
+        except (RunError, RecipeError) as e:
+            verdict = (None, e)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        shared = [verdict]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        verdict = shared[0]
+    resume, error = verdict
+    if error is not None:
+        raise error
+    return resume
+
+
+def _train(recipe: Recipe, args: TrainingArguments, resume: str | None, callbacks) -> RunResult:
+    output_dir = Path(recipe.train.output_dir)
     task = build_task(recipe, args)
     tokens_per_step = (
         recipe.train.micro_batch_size * recipe.train.grad_accum * args.world_size * task.tokens_per_sample
@@ -202,11 +270,11 @@ def run(recipe: Recipe, callbacks: list[TrainerCallback] | None = None) -> RunRe
         peak=peak_tflops(recipe.train.precision, recipe.logging.peak_tflops),
     )
 
-    resume = recipe.checkpoint.resume
-    if resume == "auto":
-        resume = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
-    elif resume is not None and not Path(resume).is_dir():
-        raise RecipeError(f"checkpoint.resume={resume!r} is not a checkpoint directory")
+    if args.should_save:
+        print(
+            f"plait-train: {describe_engine(trainer, recipe)}; "
+            + (f"resuming from {resume}" if resume else "fresh start")
+        )
     trainer.train(resume_from_checkpoint=resume)
     if task.eval_dataset is not None:
         trainer.evaluate()  # the final model on the held-out split, logged into the history

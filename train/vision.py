@@ -21,7 +21,8 @@ from transformers import TrainerCallback, TrainingArguments, default_data_collat
 
 from plait.eval.image_data import ImageSet, fashion_mnist, from_datasets, image_folder, mnist_digits
 
-from .recipe import ImageDataRecipe, Recipe, RecipeError
+from .pretrained import load_pretrained
+from .recipe import ImageDataRecipe, Recipe, RecipeError, model_config
 from .task import Task
 
 
@@ -149,23 +150,24 @@ def accuracy(prediction) -> dict[str, float]:
 
 
 def build_vit_model(recipe: Recipe, classes: list[str]):
-    from plait.modeling import PlaitViTConfig, PlaitViTForImageClassification
+    """A new ViT from `model.config` with one output per class, or `model.pretrained` loaded tensor for
+    tensor (`load_pretrained`); a pretrained head for another class count is replaced by a fresh one."""
+    from plait.modeling import PlaitViTForImageClassification
 
     labels = {"id2label": dict(enumerate(classes)), "label2id": {c: i for i, c in enumerate(classes)}}
     if recipe.model.pretrained:
-        return PlaitViTForImageClassification.from_pretrained(
+        model = load_pretrained(
             recipe.model.pretrained,
+            PlaitViTForImageClassification,
             attn_implementation=recipe.model.attn_implementation,
             dtype=torch.float32,
-            num_labels=len(classes),
-            ignore_mismatched_sizes=True,  # a new head when the class count differs
-            **labels,
         )
-    kwargs = {"problem_type": "single_label_classification", **labels, **recipe.model.config}
-    try:
-        config = PlaitViTConfig(**kwargs)
-    except (TypeError, ValueError) as e:
-        raise RecipeError(f"model.config is invalid: {e}") from e
+        if model.config.num_labels != len(classes):
+            model.classifier = torch.nn.Linear(model.config.hidden_size, len(classes))
+            model._init_weights(model.classifier)
+        model.config.update({"problem_type": "single_label_classification", **labels})
+        return model
+    config = model_config(recipe, problem_type="single_label_classification", **labels)
     config._attn_implementation = recipe.model.attn_implementation
     return PlaitViTForImageClassification(config)
 

@@ -55,7 +55,7 @@ def test_local_json_and_text_files(tmp_path):
     text.write_text("line one\nline two\n")
     ds = load_documents(DataRecipe(source="files", paths=[str(text)]))
     assert ds["text"] == ["line one\nline two\n"]  # one document per file
-    with pytest.raises(RecipeError, match="data.text_field='text' is not a column"):
+    with pytest.raises(RecipeError, match=r"line 1: the text field 'text' is missing.*set data.text_field"):
         load_documents(DataRecipe(source="files", paths=[str(jsonl)]))
     with pytest.raises(RecipeError, match=r"data.paths\[0\]=.*does not exist"):
         load_documents(DataRecipe(source="files", paths=[str(tmp_path / "missing.parquet")]))

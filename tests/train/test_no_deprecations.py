@@ -54,5 +54,7 @@ def test_training_and_generate_make_no_deprecated_calls(tmp_path, transformers_l
         model = AutoModelForCausalLM.from_pretrained(tmp_path / "final").eval()
         prompt = torch.randint(0, model.config.vocab_size, (2, 4))
         model.generate(prompt, max_new_tokens=4, do_sample=False, pad_token_id=0)
-        model.generate(prompt, max_new_tokens=4, do_sample=False, pad_token_id=0, cache_implementation="static")
+        model.generate(
+            prompt, max_new_tokens=4, do_sample=False, pad_token_id=0, cache_implementation="static"
+        )
     assert not [m for m in transformers_log if "deprecat" in m.lower()], transformers_log
