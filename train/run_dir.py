@@ -23,8 +23,8 @@ from .recipe import Recipe, RecipeError
 RECIPE_FILE = "recipe.json"
 LOCK_FILE = ".lock"
 
-# Recipe keys that may change between the start of a run and its resume: where and how often it logs and
-# checkpoints, and how fast data loads. Every other key changes what is trained.
+# Recipe keys that may change between the start of a run and its resume: where and how often it logs,
+# evaluates and checkpoints, and how fast data loads. Every other key changes what is trained.
 RESUMABLE_CHANGES = (
     "logging.",
     "checkpoint.every",
@@ -33,6 +33,8 @@ RESUMABLE_CHANGES = (
     "checkpoint.resume",
     "checkpoint.resume_despite_changes",
     "train.dataloader_workers",
+    "train.eval_every",
+    "train.eval_batch_size",
     "data.num_proc",
     "data.cache_dir",
 )

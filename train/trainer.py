@@ -276,7 +276,9 @@ def _train(recipe: Recipe, args: TrainingArguments, resume: str | None, callback
             + (f"resuming from {resume}" if resume else "fresh start")
         )
     trainer.train(resume_from_checkpoint=resume)
-    if task.eval_dataset is not None:
+    step = trainer.state.global_step
+    evaluated = any(e.get("step") == step and "eval_loss" in e for e in trainer.state.log_history)
+    if task.eval_dataset is not None and not evaluated:
         trainer.evaluate()  # the final model on the held-out split, logged into the history
 
     if args.should_save:  # the whole run's metrics, also for runs started by a launcher (bench, scripts)

@@ -105,7 +105,7 @@ def test_vit_run_learns_evaluates_and_saves_a_pipeline_model(reference):
     assert sorted(curve) == [1, *range(2, STEPS + 1, 2)]
     assert curve[STEPS] < curve[1]
     evals = [e for e in reference.log_history if "eval_accuracy" in e]
-    assert [e["step"] for e in evals] == [8, 16, 16]  # every 8 steps, then the final model
+    assert [e["step"] for e in evals] == [8, 16]  # every 8 steps; the final model is the last one
     assert evals[-1]["eval_accuracy"] > 0.15  # chance: 0.1 ± 0.013 on 500 images (after 512 seen)
     entry = next(e for e in reference.log_history if "samples_per_s" in e)
     assert entry["tokens_per_s"] == pytest.approx(entry["samples_per_s"] * 17)  # 16 patches + CLS
