@@ -16,7 +16,7 @@ import types
 import typing
 
 from huggingface_hub.dataclasses import strict
-from transformers import PreTrainedConfig
+from transformers import GenerationConfig, PreTrainedConfig
 
 from .registry import ATTENTION_FUNCTIONS, MLP_ACTIVATIONS, RESIDUALS, TOKEN_MIXERS
 
@@ -139,17 +139,26 @@ class PlaitBlockConfig(PreTrainedConfig):
             TOKEN_MIXERS.validate(mixer, self)
 
 
-# Keys transformers itself writes into or passes through `config.json` beside the declared fields.
+# Keys transformers itself writes into `config.json` or passes to the config on top of the declared fields
+# (`from_pretrained(attn_implementation=...)`, legacy `torch_dtype`, generation defaults, ...).
 _TRANSFORMERS_KEYS = {
     "model_type",
     "transformers_version",
     "architectures",
+    "auto_map",
     "name_or_path",
     "_name_or_path",
     "_commit_hash",
-    "auto_map",
     "torch_dtype",
-    "num_labels",  # a classifier's label count: transformers turns it into id2label / label2id
+    "num_labels",
+    "rope_scaling",
+    "output_attentions",
+    "attn_implementation",
+    "experts_implementation",
+    "per_layer_config",
+    "_attn_implementation_internal",
+    "_experts_implementation_internal",
+    *GenerationConfig._get_default_generation_params(),
 }
 
 

@@ -8,13 +8,19 @@ launch/README.md); alone it trains in one process.
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 
 import yaml
 
 from .errors import RunError
+from .lifecycle import one_warning_each
 from .recipe import RecipeError, load_recipe, model_config
 from .run_dir import AlreadyFinished
+
+# Failures of the machine rather than of Plait, reported in one line: a full disk, a quota, a read-only or
+# forbidden path.
+USER_OS_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -41,6 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    one_warning_each()
     try:
         recipe = load_recipe(args.recipe, args.overrides)
         if args.print_only:
@@ -58,6 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     except (RecipeError, RunError) as e:
         print(f"plait-train: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        if e.errno not in USER_OS_ERRORS:
+            raise
+        # the checkpoint being written is in .staging/ and never replaces the last complete one
+        print(f"plait-train: error: {e.strerror} writing {e.filename or 'the output'}", file=sys.stderr)
+        return 1
     if result.final_dir is not None and result.trainer.args.should_save:
         print(f"plait-train: final model saved to {result.final_dir}")
     return 0

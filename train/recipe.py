@@ -120,6 +120,7 @@ class CheckpointRecipe:
     resume: str | None = "auto"  # "auto" = latest checkpoint in output_dir if any; a path; None = fresh start
     save_final: bool = True  # write the final model in `from_pretrained` form to <output_dir>/final
     resume_despite_changes: bool = False  # resume a run whose stored recipe differs in run-defining keys
+    trust_pickles: bool = False  # resume DeepSpeed files that need pickle code execution (your own only)
 
 
 @dataclass

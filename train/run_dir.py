@@ -11,9 +11,11 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors import SafetensorError, safe_open
 from transformers.trainer_utils import get_last_checkpoint
 
@@ -23,15 +25,18 @@ from .recipe import Recipe, RecipeError
 RECIPE_FILE = "recipe.json"
 LOCK_FILE = ".lock"
 
-# Recipe keys that may change between the start of a run and its resume: where and how often it logs,
-# evaluates and checkpoints, and how fast data loads. Every other key changes what is trained.
+# Recipe keys that may change between the start of a run and its resume: where the run lives (a moved
+# directory), where and how often it logs, evaluates and checkpoints, and how fast data loads. Every other key
+# changes what is trained.
 RESUMABLE_CHANGES = (
+    "train.output_dir",
     "logging.",
     "checkpoint.every",
     "checkpoint.keep_last",
     "checkpoint.save_final",
     "checkpoint.resume",
     "checkpoint.resume_despite_changes",
+    "checkpoint.trust_pickles",
     "train.dataloader_workers",
     "train.eval_every",
     "train.eval_batch_size",
@@ -90,6 +95,40 @@ def checkpoint_problems(checkpoint: Path) -> list[str]:
             if not (checkpoint / name).is_file():
                 problems.append(f"{name} is missing (resuming would restart the optimizer or the schedule)")
     return problems
+
+
+# DeepSpeed's own classes in its ZeRO checkpoints: an enum and the loss scaler, plain state objects rebuilt
+# from their attributes. Any other global needs `checkpoint.trust_pickles`.
+DEEPSPEED_GLOBALS = {
+    "deepspeed.runtime.zero.config.ZeroStageEnum",
+    "deepspeed.runtime.fp16.loss_scaler.LossScaler",
+    "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",
+}
+
+
+def _needs_code_execution(path: Path) -> bool:
+    try:  # zip-format files: list the globals from the pickle's opcodes, without loading anything
+        return bool(set(torch.serialization.get_unsafe_globals_in_checkpoint(path)) - DEEPSPEED_GLOBALS)
+    except ValueError:  # the legacy format: a restricted load with DeepSpeed's classes allowed
+        import importlib
+
+        classes = []
+        for name in DEEPSPEED_GLOBALS:
+            module, _, attr = name.rpartition(".")
+            classes.append(getattr(importlib.import_module(module), attr))
+        try:
+            with torch.serialization.safe_globals(classes):
+                torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            return True
+        return False
+
+
+def unsafe_pickles(checkpoint: Path) -> list[str]:
+    """The `.pt` files of a DeepSpeed checkpoint that hold more than tensors, containers and DeepSpeed's
+    own state classes: DeepSpeed loads them with `weights_only=False`, which runs whatever code a crafted
+    file holds."""
+    return [path.name for path in sorted(checkpoint.glob("global_step*/*.pt")) if _needs_code_execution(path)]
 
 
 def _step(checkpoint: Path) -> int:
@@ -200,5 +239,13 @@ def prepare(recipe: Recipe, lock: DirectoryLock) -> str | None:
         problems = checkpoint_problems(Path(resume)) if Path(resume).is_dir() else ["not a directory"]
         if problems:
             raise RecipeError(f"checkpoint.resume={resume!r} cannot be resumed from: {'; '.join(problems)}")
+    if resume is not None and not recipe.checkpoint.trust_pickles:
+        unsafe = unsafe_pickles(Path(resume))
+        if unsafe:
+            raise RunError(
+                f"{resume} holds DeepSpeed files that only load with pickle's code execution "
+                f"({', '.join(unsafe)}); resume from it only if you wrote it yourself, with "
+                "--set checkpoint.trust_pickles=true"
+            )
     stored_path.write_text(json.dumps(current, indent=2))
     return resume

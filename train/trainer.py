@@ -35,6 +35,7 @@ from plait.modeling.weight_decay import decay_parameter_names
 
 from .checkpointing import STAGING_DIR, AtomicCheckpoints
 from .errors import RunError
+from .lifecycle import exit_with_parent, launched_worker
 from .metrics import Clock, composite_gain, device_name, flops_per_token, peak_tflops  # noqa: F401  (API)
 from .recipe import Recipe, RecipeError
 from .run_dir import DirectoryLock, prepare
@@ -94,6 +95,15 @@ class PlaitTrainer(AtomicCheckpoints, Trainer):
             "resume from the last checkpoint."
         )
 
+    def _stop_if_weights_not_finite(self, model: torch.nn.Module) -> None:
+        local = [getattr(p, "ds_tensor", p) for p in model.parameters()]  # ZeRO-3: this rank's partition
+        bad = torch.tensor([float(any(not torch.isfinite(p).all() for p in local if p.numel()))])
+        if self.accelerator.gather(bad.to(self.accelerator.device)).any():
+            raise RunError(
+                f"training diverged: the weights hold non-finite values at step {self.state.global_step}; "
+                "checkpoint not saved (the previous one is kept)"
+            )
+
     def get_decay_parameter_names(self, model: torch.nn.Module) -> list[str]:
         return decay_parameter_names(model)
 
@@ -115,6 +125,12 @@ class PlaitTrainer(AtomicCheckpoints, Trainer):
                 **({"grad_norm": logs["grad_norm"]} if "grad_norm" in logs else {}),
             }
         super().log(logs, start_time)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """Weights that are not all finite are never saved: the run stops with the last good checkpoint
+        kept. Otherwise the atomic save of `AtomicCheckpoints`."""
+        self._stop_if_weights_not_finite(model)
+        super()._save_checkpoint(model, trial)
 
 
 def _scheduler(recipe: Recipe) -> tuple[str, dict[str, Any]]:
@@ -185,8 +201,15 @@ def training_arguments(recipe: Recipe) -> TrainingArguments:
 
 
 def describe_engine(trainer: Trainer, recipe: Recipe) -> str:
-    """One line: the engine, world size and precision that actually run (from Accelerate's state)."""
+    """One line: the engine, world size and precision that actually run (from Accelerate's state). A
+    launcher that asked for FSDP and got another engine (Accelerate drops FSDP on CPU) is an error."""
     state = trainer.accelerator.state
+    asked_fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    if asked_fsdp and str(state.distributed_type) != "DistributedType.FSDP":
+        raise RunError(
+            f"the launcher asked for FSDP but Accelerate runs {state.distributed_type} here (it drops FSDP "
+            "on CPU): the run would not shard. Use launch/accelerate/ddp.yaml or a ZeRO config on CPU."
+        )
     engine = str(state.distributed_type).rsplit(".", 1)[-1]
     if state.deepspeed_plugin is not None:
         engine += f" ZeRO-{state.deepspeed_plugin.zero_stage}"
@@ -219,6 +242,8 @@ def run(recipe: Recipe, callbacks: list[TrainerCallback] | None = None) -> RunRe
     deepspeed = recipe.engine.deepspeed or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
     if deepspeed and not torch.cuda.is_available():
         _deepspeed_cpu_without_shm()
+    if launched_worker():
+        exit_with_parent()
     args = training_arguments(recipe)
     output_dir = Path(recipe.train.output_dir)
     lock = DirectoryLock(output_dir)
@@ -270,10 +295,10 @@ def _train(recipe: Recipe, args: TrainingArguments, resume: str | None, callback
         peak=peak_tflops(recipe.train.precision, recipe.logging.peak_tflops),
     )
 
+    engine = describe_engine(trainer, recipe)
     if args.should_save:
         print(
-            f"plait-train: {describe_engine(trainer, recipe)}; "
-            + (f"resuming from {resume}" if resume else "fresh start")
+            f"plait-train: {engine}; " + (f"resuming from {resume}" if resume else "fresh start"), flush=True
         )
     trainer.train(resume_from_checkpoint=resume)
     step = trainer.state.global_step

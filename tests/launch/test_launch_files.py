@@ -6,6 +6,7 @@ import stat
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,7 +42,7 @@ def _fake(bin_dir: Path, name: str, body: str) -> None:
     path.chmod(path.stat().st_mode | stat.S_IEXEC)
 
 
-def test_slurm_script_gives_each_node_its_own_machine_rank(tmp_path):
+def run_slurm_script(tmp_path, **variables) -> subprocess.CompletedProcess:
     """Run the sbatch script with stand-ins for scontrol/srun/accelerate: srun runs the task command on two
     'nodes' (SLURM_NODEID 0 and 1), accelerate prints its arguments."""
     bin_dir = tmp_path / "bin"
@@ -60,15 +61,22 @@ def test_slurm_script_gives_each_node_its_own_machine_rank(tmp_path):
         "SLURM_NODEID": "0",
         "SLURM_SUBMIT_DIR": str(tmp_path),
         "VENV": str(venv),
-        "GPUS_PER_NODE": "4",
+        **variables,
     }
-    proc = subprocess.run(
+    for name in ("GPUS_PER_NODE", "SLURM_GPUS_ON_NODE", "SLURM_GPUS_PER_NODE"):
+        if name not in variables:
+            env.pop(name, None)
+    return subprocess.run(
         ["bash", str(LAUNCH / "slurm.sbatch"), "1b", "--set", "logging.run_name=a b"],
         env=env,
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+def test_slurm_script_gives_each_node_its_own_machine_rank(tmp_path):
+    proc = run_slurm_script(tmp_path, GPUS_PER_NODE="4")
     assert proc.returncode == 0, proc.stderr
     lines = [line for line in proc.stdout.splitlines() if line.startswith("ACCELERATE")]
     assert len(lines) == 2
@@ -77,3 +85,37 @@ def test_slurm_script_gives_each_node_its_own_machine_rank(tmp_path):
         assert "[--num_machines] [2] [--num_processes] [8]" in line
         assert "[--main_process_ip] [head-node] [--main_process_port] [29500] [--rdzv_backend] [c10d]" in line
         assert line.endswith("[-m] [plait.train] [1b] [--set] [logging.run_name=a b]")  # one argument
+
+
+@pytest.mark.parametrize("variables", [{"SLURM_GPUS_ON_NODE": "2"}, {"SLURM_GPUS_PER_NODE": "h100:2"}])
+def test_slurm_script_takes_the_gpus_of_the_allocation(tmp_path, variables):
+    proc = run_slurm_script(tmp_path, **variables)
+    assert proc.returncode == 0, proc.stderr
+    assert "[--num_machines] [2] [--num_processes] [4]" in proc.stdout
+
+
+def test_slurm_script_without_gpu_count_says_so(tmp_path):
+    proc = run_slurm_script(tmp_path)
+    assert proc.returncode == 2 and "set GPUS_PER_NODE" in proc.stderr
+
+
+def test_slurm_log_goes_to_a_directory_that_exists():
+    header = [
+        line
+        for line in (LAUNCH / "slurm.sbatch").read_text().splitlines()
+        if line.startswith("#SBATCH --output")
+    ]
+    assert header == ["#SBATCH --output=%x-%j.out"]
+
+
+def test_deepspeed_script_runs_one_node_without_ssh(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _fake(bin_dir, "deepspeed", "printf DEEPSPEED; printf ' [%s]' \"$@\"; echo\n")
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    env.pop("HOSTFILE", None)
+    proc = subprocess.run(
+        ["bash", str(LAUNCH / "deepspeed_launch.sh"), "tiny"], env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "--hostfile" not in proc.stdout and "[--module] [plait.train] [tiny]" in proc.stdout

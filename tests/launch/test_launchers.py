@@ -1,11 +1,15 @@
 """Two-process CPU (gloo) runs through the real launcher: `accelerate launch` with the shipped DDP, DeepSpeed
 ZeRO-2 and ZeRO-3 configs, each training a tiny model a few steps and saving a `from_pretrained` model."""
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -38,7 +42,7 @@ def tiny_recipe(output_dir: Path) -> dict:
     }
 
 
-def _launch(engine: str, recipe: Path) -> None:
+def _launch(engine: str, recipe: Path) -> subprocess.CompletedProcess:
     cmd = [
         sys.executable,
         "-m",
@@ -56,6 +60,7 @@ def _launch(engine: str, recipe: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return proc
 
 
 def _losses(out: Path) -> dict[int, float]:
@@ -74,7 +79,9 @@ def test_two_process_run_through_accelerate_launch(engine, rank1_file, tmp_path)
     out = tmp_path / "run"
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump(tiny_recipe(out)))
-    _launch(engine, recipe)
+    proc = _launch(engine, recipe)
+    warned = Counter(line for line in proc.stderr.splitlines() if "Warning:" in line)
+    assert not warned or max(warned.values()) == 1, warned.most_common(3)  # once, not per step per rank
     args = torch.load(out / "final" / "training_args.bin", weights_only=False)
     assert args.world_size == 2
     assert (out / "checkpoint-2" / rank1_file).exists()  # rank 1 wrote its own state: two real processes
@@ -93,3 +100,97 @@ def test_two_process_run_through_accelerate_launch(engine, rank1_file, tmp_path)
         assert (out / "final" / "model.safetensors").exists()
         assert (out / "checkpoint-2" / "trainer_state.json").stat().st_ino == saved_at_2  # step 2 not redone
         assert _losses(out) == uninterrupted
+
+
+def _descendants(pid: int) -> list[int]:
+    children = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signals are Linux-only")
+def test_killing_the_launcher_ends_its_workers(tmp_path):
+    """`kill -9` of the launcher's process group: torch's launcher put the workers in sessions of their own,
+    so only their parent-death signal ends them (they must not train on beside a restarted run)."""
+    out = tmp_path / "run"
+    recipe = tmp_path / "recipe.yaml"
+    long_run = tiny_recipe(out)
+    long_run["train"]["max_steps"] = 100_000
+    long_run["checkpoint"]["every"] = 0
+    recipe.write_text(yaml.safe_dump(long_run))
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(ROOT / "launch/accelerate/ddp.yaml"),
+    ]
+    cmd += ["--num_processes", "2", "--main_process_port", "0", "-m", "plait.train", str(recipe)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONUNBUFFERED": "1"}
+    launcher = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        for line in launcher.stdout:  # wait until the workers are training
+            if "fresh start" in line or time.monotonic() > deadline:
+                break
+        workers = [
+            pid
+            for pid in _descendants(launcher.pid)
+            if "plait.train" in Path(f"/proc/{pid}/cmdline").read_text()
+        ]
+        assert len(workers) >= 2, workers
+        os.killpg(launcher.pid, signal.SIGKILL)
+        launcher.wait(timeout=30)
+        deadline = time.monotonic() + 60
+        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not [pid for pid in workers if _alive(pid)], "workers outlived their launcher"
+    finally:
+        for pid in _descendants(launcher.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_fsdp_config_on_cpu_is_refused_not_run_as_ddp(tmp_path):
+    out = tmp_path / "run"
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(out)))
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(ROOT / "launch/accelerate/fsdp.yaml"),
+    ]
+    cmd += ["--num_processes", "2", "--main_process_port", "0", "-m", "plait.train", str(recipe)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode != 0
+    assert "asked for FSDP but Accelerate runs" in proc.stderr
+    assert not (out / "checkpoint-2").exists()

@@ -178,19 +178,10 @@ def test_document_resets_match_sequential_outputs_and_gradients(cell, mode):
     [["pararnn_gru", "full_attention"], ["pararnn_gru", "pararnn_lstm"]],
     ids=["gru+attn", "gru+lstm"],
 )
-def test_packed_documents_do_not_leak_state(layer_types):
+def test_packed_documents_do_not_leak_state(make_config, layer_types):
     """With packed blocks (position ids restarting per document, as `data.document_masking` builds them) a
     document's logits equal the document run alone, as for attention."""
-    config = PlaitConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        layer_types=layer_types,
-        pararnn_mode="parallel",
-    )
-    model = PlaitForCausalLM(config).eval()
+    model = PlaitForCausalLM(make_config(layer_types=layer_types, pararnn_mode="parallel")).eval()
     first, second = torch.randint(0, 64, (1, 5)), torch.randint(0, 64, (1, 7))
     packed = torch.cat([first, second], 1)
     positions = torch.cat([torch.arange(5), torch.arange(7)])[None]
