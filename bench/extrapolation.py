@@ -1,7 +1,8 @@
 """Length extrapolation: train small decoders at length L with softmax, LSSA and LSSAR attention on the
-default corpus, then evaluate validation loss at L, 2L, 4L and 8L (RoPE positions beyond training, full
-forward without cache). Also evaluates the LSSA-trained model with the LSSAR re-weighting switched on at
-inference only (the paper's fine-tuning-free use of re-weighting).
+default corpus, then evaluate validation loss at L, 2L, 4L and 8L with `plait.eval.extrapolation` (the same
+validation tokens at every length, in disjoint windows; RoPE positions beyond training). Also evaluates the
+LSSA-trained model with the LSSAR re-weighting switched on at inference only (the paper's fine-tuning-free
+use of re-weighting), as a config variant of the same weights.
 
 Writes JSON (device, versions, settings, losses) to `--out` and prints a Markdown table.
 
@@ -19,18 +20,11 @@ import time
 
 import torch
 
+from plait.eval.corpus import default_corpus
+from plait.eval.extrapolation import length_extrapolation
+from plait.eval.perplexity import token_stream
 from plait.modeling import PlaitConfig, PlaitForCausalLM
-from plait.modeling.registry import ATTENTION_FUNCTIONS
-from plait.train.corpus import default_corpus
 from plait.train.tokenizer import train_bpe_tokenizer
-
-
-def token_stream(tokenizer, texts) -> torch.Tensor:
-    ids = []
-    for text in texts:
-        ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
-        ids.append(tokenizer.eos_token_id)
-    return torch.tensor(ids, dtype=torch.long)
 
 
 def train(config, stream, length, steps, batch, lr, seed) -> PlaitForCausalLM:
@@ -54,25 +48,6 @@ def train(config, stream, length, steps, batch, lr, seed) -> PlaitForCausalLM:
     return model.eval()
 
 
-@torch.no_grad()
-def evaluate(model, stream, length, tokens) -> float:
-    windows = max(1, tokens // length)
-    total, count = 0.0, 0
-    for i in range(windows):
-        x = stream[i * length : (i + 1) * length][None]
-        if x.shape[1] < length:
-            break
-        total += model(input_ids=x, labels=x, use_cache=False).loss.item()
-        count += 1
-    return total / count
-
-
-def set_attention(model, attention: str) -> None:
-    model.config.attention = attention
-    for layer in model.model.layers:
-        layer.mixer.core = ATTENTION_FUNCTIONS[attention]
-
-
 def main():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -91,7 +66,8 @@ def main():
     tokenizer = train_bpe_tokenizer(corpus["train"]["text"], vocab_size=2048)
     train_stream = token_stream(tokenizer, corpus["train"]["text"])
     val_stream = token_stream(tokenizer, corpus["validation"]["text"])
-    lengths = [args.length * m for m in (1, 2, 4, 8)]
+    multiples = (1, 2, 4, 8)
+    lengths = [args.length * m for m in multiples]
     base = dict(
         vocab_size=len(tokenizer),
         hidden_size=128,
@@ -111,12 +87,19 @@ def main():
             args.lr,
             args.seed,
         )
-        losses[attention] = {n: round(evaluate(model, val_stream, n, args.eval_tokens), 4) for n in lengths}
-        if attention == "lssa":
-            set_attention(model, "lssar")
-            losses["lssa (lssar at inference)"] = {
-                n: round(evaluate(model, val_stream, n, args.eval_tokens), 4) for n in lengths
-            }
+        variants = {"lssa (lssar at inference)": {"attention": "lssar"}} if attention == "lssa" else {}
+        scored = length_extrapolation(
+            model,
+            val_stream,
+            args.length,
+            multiples,
+            windows_at_longest=args.eval_tokens // lengths[-1],
+            variants=variants,
+            progress=False,
+        )
+        for name, row in scored["results"].items():
+            label = attention if name == "as trained" else name
+            losses[label] = {n: round(row[str(n)]["loss"], 4) for n in lengths}
         print(attention, losses[attention], f"{time.time() - started:.0f}s", flush=True)
     result = {
         "device": f"cpu ({platform.processor() or 'x86_64'}, {torch.get_num_threads()} threads)",

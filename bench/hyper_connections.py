@@ -91,7 +91,10 @@ def measure(config: PlaitConfig, batch: int, seq: int, steps: int, device: str) 
 
 def ablation(args, device: str) -> dict:
     """Same model size, same token budget, same data order: validation loss of each variant."""
-    from plait.train.corpus import default_corpus
+    from datasets import Dataset
+
+    from plait.eval.corpus import default_corpus
+    from plait.eval.perplexity import evaluate_loss
     from plait.train.tokenizer import train_bpe_tokenizer
 
     corpus = default_corpus(max_files=args.corpus_files)
@@ -106,7 +109,8 @@ def ablation(args, device: str) -> dict:
     train, val = tokens("train"), tokens("validation")
     span = args.seq + 1
     n_val = min(len(val) // span, 64)
-    val_batch = val[: n_val * span].view(n_val, span)
+    # Validation blocks of `seq` tokens (the training input length), scored by plait.eval.
+    val_blocks = Dataset.from_dict({"input_ids": val[: n_val * span].view(n_val, span)[:, :-1].tolist()})
     g = torch.Generator().manual_seed(0)
     starts = torch.randint(0, len(train) - span, (args.train_steps, args.batch), generator=g)
     results = {}
@@ -125,19 +129,7 @@ def ablation(args, device: str) -> dict:
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
-        model.eval()
-        with torch.no_grad():
-            val_loss = (
-                sum(
-                    model(
-                        input_ids=val_batch[i : i + 8, :-1].to(device),
-                        labels=val_batch[i : i + 8, :-1].to(device),
-                    ).loss.item()
-                    * len(val_batch[i : i + 8])
-                    for i in range(0, n_val, 8)
-                )
-                / n_val
-            )
+        val_loss = evaluate_loss(model, val_blocks, batch_size=8)["loss"]
         results[label(residual, extra)] = {
             "val_loss": val_loss,
             "final_train_loss": loss.item(),

@@ -18,7 +18,9 @@ from pathlib import Path
 
 import torch
 import transformers
+from datasets import Dataset
 
+from plait.eval.perplexity import evaluate_loss
 from plait.modeling import PlaitConfig, PlaitForCausalLM
 
 MODELS = {
@@ -53,6 +55,9 @@ def main():
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     args = parser.parse_args()
     train, val = stdlib_bytes(4_000_000)
+    # The same validation blocks for every model: eval_batches x batch windows spread over the split.
+    starts = torch.arange(args.eval_batches * args.batch) * args.block % (len(val) - args.block)
+    val_blocks = Dataset.from_dict({"input_ids": [val[i : i + args.block].tolist() for i in starts]})
     results = []
     for name in args.models:
         layer_types = MODELS[name]
@@ -83,19 +88,13 @@ def main():
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step(), schedule.step(), optimizer.zero_grad()
         train_s = time.time() - start
-        model.eval()
-        losses = []
-        with torch.no_grad():
-            for k in range(args.eval_batches):
-                offs = torch.arange(args.batch) * args.block + k * args.batch * args.block
-                batch = torch.stack([val[i : i + args.block] for i in offs % (len(val) - args.block)])
-                losses.append(model(batch, labels=batch).loss.item())
+        val_loss = evaluate_loss(model, val_blocks, batch_size=args.batch)["loss"]
         row = {
             "model": name,
             "layer_types": layer_types,
             "parameters": model.num_parameters(),
             "train_loss_last": loss.item(),
-            "val_loss": sum(losses) / len(losses),
+            "val_loss": val_loss,
             "train_seconds": train_s,
         }
         print(json.dumps(row), flush=True)

@@ -3,7 +3,7 @@ wall time on 2 CPU cores, data loading included; optionally a per-variant table 
 
 Runs the recipe through the real training path (`plait.train.trainer.run`, as `plait-train` does), times the
 whole run from before the data is read, and writes the test-accuracy curve (the trainer evaluates every
-`train.eval_every` steps and at the end), the wall time, the machine and its load average to JSON, plus a PNG
+`eval.every` steps and at the end), the wall time, the machine and its load average to JSON, plus a PNG
 of the curves (matplotlib: `pip install -e .[bench]`).
 
     OMP_NUM_THREADS=2 python bench/vit_fmnist.py --out bench/results/vit_fmnist_cpu.json

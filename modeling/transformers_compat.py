@@ -64,4 +64,11 @@ def causal_mask(config, inputs_embeds, attention_mask, cache, position_ids):
     )
 
 
-__all__ = ["LEGACY_CACHE_NAMES", "OUTPUT_CACHE_FIELD", "cache_output", "causal_mask", "output_cache", "take_cache"]
+__all__ = [
+    "LEGACY_CACHE_NAMES",
+    "OUTPUT_CACHE_FIELD",
+    "cache_output",
+    "causal_mask",
+    "output_cache",
+    "take_cache",
+]

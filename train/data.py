@@ -1,6 +1,6 @@
 """Training data: load documents, tokenise them with `datasets.map`, pack them into fixed-length blocks.
 
-Sources: the embedded default corpus (`plait.train.corpus.default_corpus`), local text / JSON(L) / parquet
+Sources: the embedded default corpus (`plait.eval.corpus.default_corpus`), local text / JSON(L) / parquet
 files, or a `datasets` hub name (when online). Tokenisation and packing are `datasets.map` calls (batched,
 multiprocess with `num_proc`, cached on disk under `cache_dir`); in streaming mode they run lazily on an
 `IterableDataset`, so corpora that do not fit on disk can be used.
@@ -29,7 +29,8 @@ import numpy as np
 import pyarrow.compute as pc
 from datasets import Dataset, IterableDataset, Value, load_dataset
 
-from .corpus import split_documents
+from plait.eval.corpus import split_documents
+
 from .recipe import DataRecipe, RecipeError
 
 IGNORE_INDEX = -100

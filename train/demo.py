@@ -2,9 +2,11 @@
 
 Trains a byte-level BPE tokenizer, packs the corpus into blocks, trains with transformers `Trainer`, saves
 model and tokenizer, reloads both with the Auto classes, and reports validation loss against the unigram
-baseline plus a generated sample. Runs in a few minutes on 2 CPU cores.
+baseline plus a generated sample; then scores the saved model with `plait-eval` (lm-eval tasks with a
+document limit, perplexity and length extrapolation on the corpus's validation files) and prints its summary.
+Runs in a few minutes on 2 CPU cores.
 
-    python -m plait.train.demo [--steps 1000] [--output-dir outputs/demo]
+    python -m plait.train.demo [--steps 1000] [--output-dir outputs/demo] [--eval-limit 100]
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments, set_seed
 
 import plait.modeling  # noqa: F401  (registers Plait with the Auto classes)
+from plait.eval.cli import main as plait_eval
+from plait.eval.corpus import default_corpus
 from plait.eval.perplexity import evaluate_loss, unigram_cross_entropy
 from plait.modeling import PlaitConfig, PlaitForCausalLM
-from plait.train.corpus import default_corpus
 from plait.train.data import tokenize_and_pack
 from plait.train.tokenizer import train_bpe_tokenizer
 
@@ -52,6 +55,21 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--vocab-size", type=int, default=4096)
     parser.add_argument("--eval-blocks", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--eval-suites",
+        nargs="+",
+        default=[
+            "hellaswag",
+            "lambada_openai",
+            "arc_easy",
+            "piqa",
+            "winogrande",
+            "perplexity",
+            "extrapolation",
+        ],
+        help="plait-eval suites run on the saved model at the end (none: skip)",
+    )
+    parser.add_argument("--eval-limit", type=int, default=100, help="documents per lm-eval task")
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     set_seed(args.seed)
@@ -113,7 +131,18 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     text = tokenizer.decode(sample[0], skip_special_tokens=True)
     print(f"\nsampled continuation (temperature 0.8, top-p 0.95):\n{text}")
-    print(f"\nsaved to {args.output_dir}; total {time.time() - start:.0f}s")
+    print(f"\nsaved to {args.output_dir}; {time.time() - start:.0f}s so far")
+
+    if args.eval_suites != ["none"]:
+        print("\nplait-eval on the saved model:")
+        status = plait_eval(
+            [args.output_dir, "--suites", *args.eval_suites, "--limit", str(args.eval_limit)]
+            + ["--text", "default-corpus", "--max-documents", "8", "--train-length", str(args.block_size)]
+            + ["--no-progress"]
+        )
+        if status:
+            raise SystemExit(f"plait-eval failed (exit status {status})")
+    print(f"total {time.time() - start:.0f}s")
     return {"validation_loss": metrics["loss"], "unigram_loss": unigram}
 
 

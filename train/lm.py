@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from datasets import Dataset
 from transformers import AutoTokenizer, TrainingArguments, default_data_collator, set_seed
 
 from .data import build_lm_dataset, iter_texts, load_documents
@@ -72,6 +73,10 @@ def build_lm_task(recipe: Recipe, args: TrainingArguments) -> Task:
         dataset = build_lm_dataset(
             documents, tokenizer, recipe.data, cache_dir=cache_dir, seed=recipe.train.seed
         )
+    held_out = None
+    if recipe.eval.every:
+        held_out = load_documents(recipe.data, recipe.eval.split)
+        held_out = Dataset.from_dict({"text": list(iter_texts(held_out, recipe.eval.max_documents))})
     set_seed(recipe.train.seed)  # the initial weights depend only on the seed
     return Task(
         model=build_model(recipe, tokenizer),
@@ -80,4 +85,11 @@ def build_lm_task(recipe: Recipe, args: TrainingArguments) -> Task:
         processing_class=tokenizer,
         tokens_per_sample=recipe.data.seq_len,
         prepare_for_saving=lambda model: setattr(model.config, "use_cache", True),
+        eval_dataset=held_out,
+        evaluation={
+            "seq_len": recipe.data.seq_len,
+            "tasks": recipe.eval.tasks,
+            "limit": recipe.eval.limit,
+            "batch_size": recipe.eval.batch_size,
+        },
     )

@@ -1,8 +1,9 @@
 """Training recipes: YAML files validated into dataclasses, with `--set a.b=c` overrides.
 
-A recipe has seven sections (`model`, `data`, `optim`, `train`, `checkpoint`, `logging`, `engine`), each a
-dataclass below. Loading rejects unknown keys (naming the valid ones), values of the wrong type and values
-outside their allowed choices or range, always naming the key (as a dotted path) and the offending value.
+A recipe has eight sections (`model`, `data`, `optim`, `train`, `checkpoint`, `logging`, `eval`, `engine`),
+each a dataclass below. Loading rejects unknown keys (naming the valid ones), values of the wrong type and
+values outside their allowed choices or range, always naming the key (as a dotted path) and the offending
+value.
 
 `model.arch` names the task (`plait.train.tasks`): `plait-lm` (the decoder LM on text, `data` is a
 `DataRecipe`) or `plait-vit` (the ViT on image classification, `data` is an `ImageDataRecipe`).
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+
+from plait.eval.harness import LOCAL_TASKS
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 
@@ -109,8 +112,6 @@ class TrainRecipe:
     activation_checkpointing: bool = False
     compile: bool = False
     dataloader_workers: int = 0
-    eval_every: int = 0  # steps between evaluations on the task's held-out split; 0: only after training
-    eval_batch_size: int | None = None  # null: micro_batch_size
 
 
 @dataclass
@@ -134,6 +135,16 @@ class LoggingRecipe:
 
 
 @dataclass
+class EvalRecipe:
+    every: int = 0  # steps between evaluations (plait.eval.periodic); 0 disables periodic evaluation
+    split: str = "validation"  # held-out split of data.source (the default corpus: its validation files)
+    max_documents: int = 50  # held-out documents scored for loss/perplexity
+    tasks: list[str] = field(default_factory=list)  # lm-eval tasks also scored (e.g. hellaswag, arc_easy)
+    limit: int = 100  # documents per lm-eval task
+    batch_size: int = 8
+
+
+@dataclass
 class EngineRecipe:
     # Usually the engine comes from the launcher (`accelerate launch --config_file launch/accelerate/*.yaml`).
     # Set this to a DeepSpeed JSON (e.g. launch/deepspeed/zero3.json) when starting with the `deepspeed`
@@ -149,6 +160,7 @@ class Recipe:
     train: TrainRecipe = field(default_factory=TrainRecipe)
     checkpoint: CheckpointRecipe = field(default_factory=CheckpointRecipe)
     logging: LoggingRecipe = field(default_factory=LoggingRecipe)
+    eval: EvalRecipe = field(default_factory=EvalRecipe)
     engine: EngineRecipe = field(default_factory=EngineRecipe)
 
     def to_dict(self) -> dict[str, Any]:
@@ -186,12 +198,14 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "train.micro_batch_size": (lambda v: v >= 1, "an integer >= 1"),
     "train.grad_accum": (lambda v: v >= 1, "an integer >= 1"),
     "train.dataloader_workers": (lambda v: v >= 0, "an integer >= 0"),
-    "train.eval_every": (lambda v: v >= 0, "an integer >= 0 (0: evaluate only after training)"),
-    "train.eval_batch_size": (lambda v: v is None or v >= 1, "null or an integer >= 1"),
     "checkpoint.every": (lambda v: v >= 0, "an integer >= 0 (0 disables periodic checkpoints)"),
     "checkpoint.keep_last": (lambda v: v is None or v >= 1, "null or an integer >= 1"),
     "logging.every": (lambda v: v >= 1, "an integer >= 1"),
     "logging.peak_tflops": (lambda v: v is None or v > 0, "null or a positive number"),
+    "eval.every": (lambda v: v >= 0, "an integer >= 0 (0 disables periodic evaluation)"),
+    "eval.max_documents": (lambda v: v >= 1, "an integer >= 1"),
+    "eval.limit": (lambda v: v >= 1, "an integer >= 1"),
+    "eval.batch_size": (lambda v: v >= 1, "an integer >= 1"),
 }
 
 
@@ -328,6 +342,14 @@ def _cross_checks(recipe: Recipe) -> None:
         for i, p in enumerate(data.paths):
             if not Path(p).expanduser().exists():
                 raise RecipeError(f"data.paths[{i}]={p!r} does not exist")
+    if recipe.eval.every and data.source == "files":
+        raise RecipeError(
+            f"eval.every={recipe.eval.every} needs held-out text, but data.source='files' has no "
+            f"{recipe.eval.split!r} split; use data.source 'default' or 'hub', or set eval.every=0"
+        )
+    unknown = [t for t in recipe.eval.tasks if t not in LOCAL_TASKS]
+    if unknown:
+        raise RecipeError(f"eval.tasks has unknown task(s) {unknown}; choose from {', '.join(LOCAL_TASKS)}")
     if recipe.engine.deepspeed is not None and not Path(recipe.engine.deepspeed).is_file():
         raise RecipeError(f"engine.deepspeed={recipe.engine.deepspeed!r} is not a DeepSpeed JSON file")
     if recipe.optim.warmup_steps >= recipe.train.max_steps:

@@ -38,8 +38,7 @@ RESUMABLE_CHANGES = (
     "checkpoint.resume_despite_changes",
     "checkpoint.trust_pickles",
     "train.dataloader_workers",
-    "train.eval_every",
-    "train.eval_batch_size",
+    "eval.",
     "data.num_proc",
     "data.cache_dir",
 )

@@ -23,3 +23,7 @@ class Task:
     compute_metrics: Callable | None = None
     callbacks: list[TrainerCallback] = field(default_factory=list)
     prepare_for_saving: Callable[[PreTrainedModel], None] | None = None  # e.g. the LM turns its cache back on
+    evaluation: dict[str, Any] | None = None  # plait.eval.periodic settings (LM); None: Trainer's eval loop
+    evaluate_at_end: bool = (
+        False  # evaluate the final model too (unless the last periodic one was at the end)
+    )

@@ -13,7 +13,9 @@ and the metrics; the trainer knows no particular model. What Plait adds to `Trai
   dimensions decay, minus any the model names in `no_weight_decay()`;
 - throughput metrics in every log line: tokens/s, samples/s, achieved TFLOPs per device and MFU, plus the
   hyper-connection composite gain (`plait.train.metrics`);
-- evaluation of the task's held-out split every `train.eval_every` steps and after training.
+- periodic evaluation (`eval.every`) of what the task holds out: for the LM, `plait.eval.periodic` on
+  held-out text and lm-eval tasks, logged as `eval_*` (every rank runs the same evaluation, so sharded models
+  stay in step); for the ViT, `Trainer`'s loop with the task's metrics (test top-1), also after training.
 
 Resume (`checkpoint.resume: auto`) uses `Trainer`'s own restore: model, optimizer, scheduler, scaler, the
 Python/NumPy/torch RNG states and the data position (it skips the batches already consumed).
@@ -31,6 +33,7 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from plait.eval.periodic import periodic_evaluation
 from plait.modeling.weight_decay import decay_parameter_names
 
 from .checkpointing import STAGING_DIR, AtomicCheckpoints
@@ -52,9 +55,11 @@ class PlaitTrainer(AtomicCheckpoints, Trainer):
         tokens_per_step: int = 0,
         seq_len: int = 0,
         peak: float | None = None,
+        evaluation: dict[str, Any] | None = None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        self.evaluation = evaluation  # periodic_evaluation's settings (eval_dataset holds the texts), or None
         self.keep_last = keep_last
         self.tokens_per_step = tokens_per_step
         self.seq_len = seq_len
@@ -103,6 +108,21 @@ class PlaitTrainer(AtomicCheckpoints, Trainer):
                 f"training diverged: the weights hold non-finite values at step {self.state.global_step}; "
                 "checkpoint not saved (the previous one is kept)"
             )
+
+    def evaluate(
+        self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"
+    ) -> dict[str, float]:
+        """Plait's text evaluation (`plait.eval.periodic`) when the task asks for it, else `Trainer`'s loop
+        with the task's `compute_metrics`."""
+        if self.evaluation is None:
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        texts = (eval_dataset or self.eval_dataset)["text"]
+        model = self.accelerator.unwrap_model(self.model)
+        scored = periodic_evaluation(model, self.processing_class, list(texts), **self.evaluation)
+        metrics = {f"{metric_key_prefix}_{name}": value for name, value in scored.items()}
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
 
     def get_decay_parameter_names(self, model: torch.nn.Module) -> list[str]:
         return decay_parameter_names(model)
@@ -186,9 +206,9 @@ def training_arguments(recipe: Recipe) -> TrainingArguments:
         logging_nan_inf_filter=False,  # a non-finite loss stops the run (PlaitTrainer), never logs as 0
         save_strategy="steps" if c.every else "no",
         save_steps=c.every or 1,
-        eval_strategy="steps" if t.eval_every else "no",
-        eval_steps=t.eval_every or None,
-        per_device_eval_batch_size=t.eval_batch_size or t.micro_batch_size,
+        eval_strategy="steps" if recipe.eval.every else "no",
+        eval_steps=recipe.eval.every or None,
+        per_device_eval_batch_size=recipe.eval.batch_size,
         report_to=report_to,
         run_name=lg.run_name,
         disable_tqdm=not lg.progress_bar,
@@ -289,6 +309,7 @@ def _train(recipe: Recipe, args: TrainingArguments, resume: str | None, callback
         processing_class=task.processing_class,
         compute_metrics=task.compute_metrics,
         callbacks=[*task.callbacks, *(callbacks or [])],
+        evaluation=task.evaluation,
         keep_last=recipe.checkpoint.keep_last,
         tokens_per_step=tokens_per_step,
         seq_len=task.tokens_per_sample,
@@ -303,7 +324,7 @@ def _train(recipe: Recipe, args: TrainingArguments, resume: str | None, callback
     trainer.train(resume_from_checkpoint=resume)
     step = trainer.state.global_step
     evaluated = any(e.get("step") == step and "eval_loss" in e for e in trainer.state.log_history)
-    if task.eval_dataset is not None and not evaluated:
+    if task.evaluate_at_end and not evaluated:
         trainer.evaluate()  # the final model on the held-out split, logged into the history
 
     if args.should_save:  # the whole run's metrics, also for runs started by a launcher (bench, scripts)

@@ -205,4 +205,5 @@ def build_vit_task(recipe: Recipe, args: TrainingArguments) -> Task:
         eval_dataset=ImageClassificationDataset(eval_images, **common) if eval_images is not None else None,
         compute_metrics=accuracy,
         callbacks=[EpochCallback(train_dataset)],
+        evaluate_at_end=eval_images is not None,
     )

@@ -1,7 +1,7 @@
 import pytest
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from plait.train.corpus import default_corpus, stdlib_files, stdlib_root
+from plait.eval.corpus import default_corpus, stdlib_files, stdlib_root
 from plait.train.data import tokenize_and_pack
 from plait.train.tokenizer import train_bpe_tokenizer
 

@@ -3,9 +3,9 @@
 import torch
 from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
+from plait.eval.corpus import default_corpus
 from plait.eval.perplexity import evaluate_loss, unigram_cross_entropy
 from plait.modeling import PlaitConfig, PlaitForCausalLM
-from plait.train.corpus import default_corpus
 from plait.train.data import tokenize_and_pack
 from plait.train.tokenizer import train_bpe_tokenizer
 

@@ -85,11 +85,10 @@ def tiny_vit_recipe(output_dir) -> dict:
             "output_dir": str(output_dir),
             "max_steps": STEPS,
             "micro_batch_size": 32,
-            "eval_every": 8,
-            "eval_batch_size": 250,
             "precision": "fp32",
             "seed": 3,
         },
+        "eval": {"every": 8, "batch_size": 250},
         "checkpoint": {"every": 8, "keep_last": 1},
         "logging": {"every": 4, "progress_bar": False},
     }
