@@ -23,7 +23,7 @@ import torch
 import transformers
 
 from plait.modeling import PlaitConfig, PlaitForCausalLM
-from plait.modeling.hyper_connections import parameter_groups
+from plait.modeling.weight_decay import parameter_groups
 
 VARIANTS = [
     ("plain", {}),

@@ -27,8 +27,10 @@ the LSSA weights A instead of returning 0/0. Rows that see no key (N_i = 0) retu
 - `softplus_attention(...)`: dispatcher, Triton on CUDA, reference elsewhere.
 
 Shapes: q [B, H, Tq, D], k/v [B, H, Tk, D] (heads already repeated for GQA), mask a bool tensor broadcastable
-to [B, 1, Tq, Tk] (True = may attend) or None for causal attention aligned to the last key (Tq ≤ Tk, as in
-KV-cache decoding). N_i is the number of True entries of row i, so padding and cached keys count correctly.
+to [B, 1, Tq, Tk] (True = may attend) or None, and `causal`, the backbone's causality, passed explicitly by
+every caller: with no mask, a causal call sees the keys up to its own position aligned to the last key
+(Tq ≤ Tk, as in KV-cache decoding) and a non-causal one sees every key; a given mask already says what is
+visible. N_i is the number of visible keys of row i, so padding and cached keys count correctly.
 """
 
 from __future__ import annotations
@@ -43,11 +45,12 @@ from .backend import interpreting, require_triton, tl, triton, use_triton
 FIRST_ROWS_WITHOUT_OFFSET = 3  # LSSAR: O_i = 0 for rows that see at most this many keys
 
 
-def visible_mask(mask: torch.Tensor | None, q_len: int, kv_len: int, device) -> torch.Tensor:
-    """Bool [B or 1, 1, Tq, Tk]: the given mask, or causal attention aligned to the last key."""
+def visible_mask(mask: torch.Tensor | None, q_len: int, kv_len: int, device, causal: bool) -> torch.Tensor:
+    """Bool [B or 1, 1, Tq, Tk]: the given mask, else causal visibility aligned to the last key, or all."""
     if mask is not None:
         return mask if mask.dim() == 4 else mask.view(1, 1, *mask.shape[-2:])
-    return torch.ones(q_len, kv_len, dtype=torch.bool, device=device).tril(kv_len - q_len)[None, None]
+    visible = torch.ones(q_len, kv_len, dtype=torch.bool, device=device)
+    return (visible.tril(kv_len - q_len) if causal else visible)[None, None]
 
 
 def key_counts(mask: torch.Tensor) -> torch.Tensor:
@@ -64,18 +67,21 @@ def lssa_naive(
     power: float = 15.0,
     dropout: float = 0.0,
     training: bool = False,
+    causal: bool = True,
 ) -> torch.Tensor:
     """Reference LSSA / LSSAR in fp32. Returns [B, H, Tq, D] in `q.dtype`."""
-    weights = lssa_weights(q, k, mask, reweight, power)
+    weights = lssa_weights(q, k, mask, reweight, power, causal)
     if dropout > 0.0:
         weights = F.dropout(weights, p=dropout, training=training)
     return (weights @ v.float()).to(q.dtype)
 
 
-def lssa_weights(q, k, mask=None, reweight: bool = False, power: float = 15.0) -> torch.Tensor:
+def lssa_weights(
+    q, k, mask=None, reweight: bool = False, power: float = 15.0, causal: bool = True
+) -> torch.Tensor:
     """The attention matrix of LSSA / LSSAR, fp32 [B, H, Tq, Tk]: the reference's weights."""
     d, q_len, kv_len = q.shape[-1], q.shape[-2], k.shape[-2]
-    mask = visible_mask(mask, q_len, kv_len, q.device)
+    mask = visible_mask(mask, q_len, kv_len, q.device, causal)
     n = key_counts(mask)[..., None]  # [B, 1, Tq, 1]
     scale = math.log(d) * torch.log(n.clamp_min(1.0))
     s = F.normalize(q.float(), dim=-1) @ F.normalize(k.float(), dim=-1).transpose(-1, -2)
@@ -96,13 +102,25 @@ def lssa_weights(q, k, mask=None, reweight: bool = False, power: float = 15.0) -
 
 
 @triton.jit
-def _visible(offs_m, offs_n, q_len, kv_len, mask_ptr, stride_mq, stride_mk, HAS_MASK: tl.constexpr):
+def _visible(
+    offs_m,
+    offs_n,
+    q_len,
+    kv_len,
+    mask_ptr,
+    stride_mq,
+    stride_mk,
+    HAS_MASK: tl.constexpr,
+    CAUSAL: tl.constexpr,
+):
     inside = (offs_m[:, None] < q_len) & (offs_n[None, :] < kv_len)
     if HAS_MASK:
         ptrs = mask_ptr + offs_m[:, None] * stride_mq + offs_n[None, :] * stride_mk
         vis = inside & (tl.load(ptrs, mask=inside, other=0) != 0)
-    else:
+    elif CAUSAL:
         vis = inside & (offs_n[None, :] <= offs_m[:, None] + (kv_len - q_len))
+    else:
+        vis = inside
     return vis
 
 
@@ -160,6 +178,7 @@ def _lssa_fwd_kernel(
     BLOCK_D: tl.constexpr,
     REWEIGHT: tl.constexpr,
     HAS_MASK: tl.constexpr,
+    CAUSAL: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -177,7 +196,7 @@ def _lssa_fwd_kernel(
     )
     n = tl.load(N + row_off + offs_m, mask=offs_m < q_len, other=0.0)
     c = log_d * tl.log(tl.maximum(n, 1.0))
-    if HAS_MASK:
+    if not CAUSAL:
         hi = kv_len
     else:
         hi = tl.minimum(kv_len, (pid_m + 1) * BLOCK_M + kv_len - q_len)
@@ -193,7 +212,7 @@ def _lssa_fwd_kernel(
                 other=0.0,
             )
             s = tl.dot(q, tl.trans(k))
-            vis = _visible(offs_m, offs_n, q_len, kv_len, mask_ptr, stride_mq, stride_mk, HAS_MASK)
+            vis = _visible(offs_m, offs_n, q_len, kv_len, mask_ptr, stride_mq, stride_mk, HAS_MASK, CAUSAL)
             a = tl.where(vis, _softplus(c[:, None] * s), 0.0)
             z += tl.sum(a, axis=1)
             amax = tl.maximum(amax, tl.max(a, axis=1))
@@ -209,7 +228,7 @@ def _lssa_fwd_kernel(
             k = tl.load(K + k_base + offs_n[:, None] * head_dim + offs_d[None, :], mask=kv_ok, other=0.0)
             v = tl.load(V + k_base + offs_n[:, None] * head_dim + offs_d[None, :], mask=kv_ok, other=0.0)
             s = tl.dot(q, tl.trans(k))
-            vis = _visible(offs_m, offs_n, q_len, kv_len, mask_ptr, stride_mq, stride_mk, HAS_MASK)
+            vis = _visible(offs_m, offs_n, q_len, kv_len, mask_ptr, stride_mq, stride_mk, HAS_MASK, CAUSAL)
             a = tl.where(vis, _softplus(c[:, None] * s), 0.0)
             w, t, ratio = _reweight(a, n, inv_z, offset, m_safe, degenerate, power)
             w = tl.where(vis, w, 0.0)
@@ -224,7 +243,7 @@ def _lssa_fwd_kernel(
             k = tl.load(K + k_base + offs_n[:, None] * head_dim + offs_d[None, :], mask=kv_ok, other=0.0)
             v = tl.load(V + k_base + offs_n[:, None] * head_dim + offs_d[None, :], mask=kv_ok, other=0.0)
             s = tl.dot(q, tl.trans(k))
-            vis = _visible(offs_m, offs_n, q_len, kv_len, mask_ptr, stride_mq, stride_mk, HAS_MASK)
+            vis = _visible(offs_m, offs_n, q_len, kv_len, mask_ptr, stride_mq, stride_mk, HAS_MASK, CAUSAL)
             a = tl.where(vis, _softplus(c[:, None] * s), 0.0)
             z += tl.sum(a, axis=1)
             acc += tl.dot(a.to(v.dtype), v)
@@ -289,6 +308,7 @@ def _lssa_bwd_dq_kernel(
     BLOCK_D: tl.constexpr,
     REWEIGHT: tl.constexpr,
     HAS_MASK: tl.constexpr,
+    CAUSAL: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -306,7 +326,7 @@ def _lssa_bwd_dq_kernel(
     total = tl.load(S + row_off + offs_m, mask=offs_m < q_len, other=0.0)
     inv_total = tl.where(total > 0, 1.0 / tl.where(total > 0, total, 1.0), 0.0)
     delta = tl.load(Delta + row_off + offs_m, mask=offs_m < q_len, other=0.0)
-    if HAS_MASK:
+    if not CAUSAL:
         hi = kv_len
     else:
         hi = tl.minimum(kv_len, (pid_m + 1) * BLOCK_M + kv_len - q_len)
@@ -319,7 +339,7 @@ def _lssa_bwd_dq_kernel(
             v = tl.load(V + k_base + offs_n[:, None] * head_dim + offs_d[None, :], mask=kv_ok, other=0.0)
             s = tl.dot(q, tl.trans(k))
             dp = tl.dot(do, tl.trans(v))
-            vis = _visible(offs_m, offs_n, q_len, kv_len, mask_ptr, stride_mq, stride_mk, HAS_MASK)
+            vis = _visible(offs_m, offs_n, q_len, kv_len, mask_ptr, stride_mq, stride_mk, HAS_MASK, CAUSAL)
             final, weights, g = _grad_weights(
                 s, vis, c, n, inv_z, offset, m_safe, degenerate, inv_total, dp, delta, power, REWEIGHT
             )
@@ -335,7 +355,7 @@ def _lssa_bwd_dq_kernel(
         v = tl.load(V + k_base + offs_n[:, None] * head_dim + offs_d[None, :], mask=kv_ok, other=0.0)
         s = tl.dot(q, tl.trans(k))
         dp = tl.dot(do, tl.trans(v))
-        vis = _visible(offs_m, offs_n, q_len, kv_len, mask_ptr, stride_mq, stride_mk, HAS_MASK)
+        vis = _visible(offs_m, offs_n, q_len, kv_len, mask_ptr, stride_mq, stride_mk, HAS_MASK, CAUSAL)
         final, weights, g = _grad_weights(
             s, vis, c, n, inv_z, offset, m_safe, degenerate, inv_total, dp, delta, power, REWEIGHT
         )
@@ -375,6 +395,7 @@ def _lssa_bwd_dkdv_kernel(
     BLOCK_D: tl.constexpr,
     REWEIGHT: tl.constexpr,
     HAS_MASK: tl.constexpr,
+    CAUSAL: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     bh = tl.program_id(1)
@@ -390,7 +411,7 @@ def _lssa_bwd_dkdv_kernel(
     v = tl.load(V + k_base + offs_n[:, None] * head_dim + offs_d[None, :], mask=kv_ok, other=0.0)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-    if HAS_MASK:
+    if not CAUSAL:
         lo = 0
     else:
         lo = tl.maximum(pid_n * BLOCK_N - (kv_len - q_len), 0) // BLOCK_M * BLOCK_M
@@ -406,7 +427,7 @@ def _lssa_bwd_dkdv_kernel(
         e = tl.load(E + row_off + offs_m, mask=offs_m < q_len, other=0.0)
         s = tl.dot(q, tl.trans(k))
         dp = tl.dot(do, tl.trans(v))
-        vis = _visible(offs_m, offs_n, q_len, kv_len, mask_ptr, stride_mq, stride_mk, HAS_MASK)
+        vis = _visible(offs_m, offs_n, q_len, kv_len, mask_ptr, stride_mq, stride_mk, HAS_MASK, CAUSAL)
         final, weights, g = _grad_weights(
             s, vis, c, n, inv_z, offset, m_safe, degenerate, inv_total, dp, delta, power, REWEIGHT
         )
@@ -428,10 +449,10 @@ def _block_sizes(head_dim: int) -> tuple[int, int, int]:
 
 
 class LSSAFunction(torch.autograd.Function):
-    """Triton LSSA/LSSAR core on L2-normalised q, k: (q̂, k̂, v, counts N, mask or None) -> out."""
+    """Triton LSSA/LSSAR core on L2-normalised q, k: (q̂, k̂, v, counts N, mask or None, causal) -> out."""
 
     @staticmethod
-    def forward(ctx, q, k, v, n, mask, reweight: bool, power: float):
+    def forward(ctx, q, k, v, n, mask, reweight: bool, power: float, causal: bool):
         batch, heads, q_len, head_dim = q.shape
         kv_len = k.shape[2]
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
@@ -462,11 +483,13 @@ class LSSAFunction(torch.autograd.Function):
             BLOCK_D=block_d,
             REWEIGHT=reweight,
             HAS_MASK=mask is not None,
+            CAUSAL=causal and mask is None,
         )
         if not reweight:
             stats[2] = stats[0]
         ctx.save_for_backward(q, k, v, out, n, mask_u8, stats)
         ctx.reweight, ctx.power, ctx.has_mask = reweight, float(power), mask is not None
+        ctx.causal = causal and mask is None
         return out
 
     @staticmethod
@@ -481,7 +504,12 @@ class LSSAFunction(torch.autograd.Function):
         block_m, block_n, block_d = _block_sizes(head_dim)
         strides = _mask_strides(mask_u8, ctx.has_mask)
         common = dict(
-            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, REWEIGHT=ctx.reweight, HAS_MASK=ctx.has_mask
+            BLOCK_M=block_m,
+            BLOCK_N=block_n,
+            BLOCK_D=block_d,
+            REWEIGHT=ctx.reweight,
+            HAS_MASK=ctx.has_mask,
+            CAUSAL=ctx.causal,
         )
         args = (
             n,
@@ -503,7 +531,7 @@ class LSSAFunction(torch.autograd.Function):
         _lssa_bwd_dkdv_kernel[(triton.cdiv(kv_len, block_n), batch * heads)](
             q, k, v, dout, dk, dv, *args, **common
         )
-        return dq, dk, dv, None, None, None, None
+        return dq, dk, dv, None, None, None, None, None
 
 
 def _mask_args(mask, q):
@@ -519,16 +547,18 @@ def _mask_strides(mask_u8, has_mask: bool):
     return (mask_u8.stride(0) if mask_u8.shape[0] > 1 else 0), mask_u8.stride(1), mask_u8.stride(2)
 
 
-def lssa_triton(q, k, v, mask=None, reweight: bool = False, power: float = 15.0) -> torch.Tensor:
+def lssa_triton(
+    q, k, v, mask=None, reweight: bool = False, power: float = 15.0, causal: bool = True
+) -> torch.Tensor:
     """Triton LSSA/LSSAR, same contract as `lssa_naive`: normalises q, k in fp32, counts keys, runs it."""
     require_triton(q, "lssa_triton")
     batch, heads, q_len, _ = q.shape
     kv_len = k.shape[2]
-    counts_mask = visible_mask(mask, q_len, kv_len, q.device)
+    counts_mask = visible_mask(mask, q_len, kv_len, q.device, causal)
     n = key_counts(counts_mask).expand(batch, heads, q_len).reshape(batch * heads, q_len).contiguous()
     qn = F.normalize(q.float(), dim=-1).to(q.dtype)
     kn = F.normalize(k.float(), dim=-1).to(k.dtype)
-    return LSSAFunction.apply(qn, kn, v, n, None if mask is None else counts_mask, reweight, power)
+    return LSSAFunction.apply(qn, kn, v, n, None if mask is None else counts_mask, reweight, power, causal)
 
 
 def softplus_attention(
@@ -540,12 +570,13 @@ def softplus_attention(
     power: float = 15.0,
     dropout: float = 0.0,
     training: bool = False,
+    causal: bool = True,
 ) -> torch.Tensor:
     """LSSA (`reweight=False`) or LSSAR: Triton kernels on CUDA, the PyTorch reference elsewhere (and when
     attention dropout is active, which the kernels do not implement)."""
     if use_triton(q) and not (dropout > 0.0 and training):
-        return lssa_triton(q, k, v, mask, reweight, power)
-    return lssa_naive(q, k, v, mask, reweight, power, dropout, training)
+        return lssa_triton(q, k, v, mask, reweight, power, causal)
+    return lssa_naive(q, k, v, mask, reweight, power, dropout, training, causal)
 
 
 __all__ = [

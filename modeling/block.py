@@ -4,7 +4,9 @@
     state = mlp_residual(state,   h -> mlp(mlp_norm(h)))
 
 Which mixer (`layer_types[i]`), which MLP (`mlp_act`) and which residual (`residual`) are config switches
-resolved through `plait.modeling.registry`; the decoder LM and the ViT both stack this block.
+resolved through `plait.modeling.registry`; the decoder LM and the ViT both stack this block. With
+`drop_path_rate` > 0 each sublayer's output goes through stochastic depth, at a rate rising linearly from 0
+in the first block to `drop_path_rate` in the last.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import torch
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from .layers import RMSNorm
+from .layers import DropPath, RMSNorm
 from .registry import MLP_ACTIVATIONS, RESIDUALS, TOKEN_MIXERS
 
 
@@ -27,6 +29,8 @@ class PlaitBlock(GradientCheckpointingLayer):
         self.mlp_norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.mlp = MLP_ACTIVATIONS[config.mlp_act](config)
         self.mlp_residual = residual.site(config, 2 * layer_idx + 1)
+        depth = layer_idx / max(1, config.num_hidden_layers - 1)
+        self.drop_path = DropPath(config.drop_path_rate * depth)
 
     def forward(
         self, state: torch.Tensor, output_attentions: bool = False, **mixer_kwargs
@@ -40,7 +44,7 @@ class PlaitBlock(GradientCheckpointingLayer):
             out, attention = self.mixer(
                 self.mixer_norm(h), output_attentions=output_attentions, **mixer_kwargs
             )
-            return out
+            return self.drop_path(out)
 
         state = self.mixer_residual(state, mixer)
-        return self.mlp_residual(state, lambda h: self.mlp(self.mlp_norm(h))), attention
+        return self.mlp_residual(state, lambda h: self.drop_path(self.mlp(self.mlp_norm(h)))), attention

@@ -1,6 +1,7 @@
 """Diagnostics of the residual stream for studying hyper-connection stability.
 
-`residual_mixing(model, input_ids)` runs one forward pass and returns, per layer and site (`"mixer"`/`"mlp"`),
+`residual_mixing(model, input_ids)` (or any model inputs: `residual_mixing(model, pixel_values=x)`) runs one
+forward pass and returns, per layer and site (`"mixer"`/`"mlp"`),
 the H_pre [B, T, n], H_post [B, T, n] and H_res [B, T, n, n] actually used (fp32), plus the composite gain of
 the residual path (mHC, Xie et al. 2025, §3.1 / Fig. 3): with P = H_res^(L) ⋯ H_res^(1) per token,
 `forward` = max over tokens of the largest absolute row sum of P (signal amplification) and `backward` = the
@@ -39,16 +40,21 @@ def composite_gain(h_res_by_depth: list[torch.Tensor]) -> dict[str, float]:
 
 
 @torch.no_grad()
-def residual_mixing(model: nn.Module, input_ids: torch.Tensor, **forward_kwargs) -> ResidualMixing:
-    """Per layer and site, the H_pre / H_post / H_res used on `input_ids`, and the composite gain.
+def residual_mixing(
+    model: nn.Module, input_ids: torch.Tensor | None = None, **inputs: torch.Tensor
+) -> ResidualMixing:
+    """Per layer and site, the H_pre / H_post / H_res used on the inputs, and the composite gain.
 
-    Works on `PlaitModel` / `PlaitForCausalLM`; a model with `residual="plain"` has no sites and gain 1.
+    Works on every Plait model: token ids for the LM (run without a cache), or the model's own inputs
+    (`pixel_values` for the ViT); a model with `residual="plain"` has no sites and gain 1.
     """
+    if input_ids is not None:
+        inputs = {"input_ids": input_ids, "use_cache": False, **inputs}
     sites = sorted((m for m in model.modules() if isinstance(m, HCSite)), key=lambda m: m.site_idx)
     for site in sites:
         site.record = True
     try:
-        outputs = model(input_ids=input_ids, use_cache=False, **forward_kwargs)
+        outputs = model(**inputs)
     finally:
         for site in sites:
             site.record = False

@@ -543,22 +543,11 @@ def no_decay_parameter_names(model: nn.Module) -> set[str]:
     return names
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two optimizer groups: everything with `weight_decay`, the static HC parameters with 0."""
-    skip = no_decay_parameter_names(model)
-    params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-    return [
-        {"params": [p for name, p in params if name not in skip], "weight_decay": weight_decay},
-        {"params": [p for name, p in params if name in skip], "weight_decay": 0.0},
-    ]
-
-
 __all__ = [
     "HC_RESIDUALS",
     "HCSite",
     "HCStreams",
     "no_decay_parameter_names",
-    "parameter_groups",
     "cayley",
     "helmert_basis",
     "sinkhorn_implicit",

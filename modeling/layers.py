@@ -1,4 +1,4 @@
-"""Building blocks shared by every Plait backbone: RMSNorm and rotary position embeddings."""
+"""Building blocks shared by every Plait backbone: RMSNorm and drop-path."""
 
 from __future__ import annotations
 
@@ -24,34 +24,19 @@ class RMSNorm(nn.Module):
         return f"{self.weight.shape[0]}, eps={self.eps}"
 
 
-class Rotary(nn.Module):
-    """Rotary position embedding (Su et al., 2021): cos/sin tables for integer positions.
+class DropPath(nn.Module):
+    """Stochastic depth (Huang et al., 2016): in training, drop a sublayer's output for a whole sample with
+    probability `rate` and scale the kept ones by 1 / (1 - rate); the identity in eval or at rate 0."""
 
-    `inv_freq` is a non-persistent buffer: it is derived from the config, never stored in checkpoints.
-    """
-
-    def __init__(self, head_dim: int, theta: float):
+    def __init__(self, rate: float = 0.0):
         super().__init__()
-        self.head_dim = head_dim
-        self.theta = theta
-        self.register_buffer("inv_freq", self.compute_inv_freq(), persistent=False)
+        self.rate = rate
 
-    def compute_inv_freq(self) -> torch.Tensor:
-        return 1.0 / (self.theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float) / self.head_dim))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.rate == 0.0 or not self.training:
+            return x
+        keep = x.new_empty(x.shape[0], *(1,) * (x.dim() - 1)).bernoulli_(1.0 - self.rate)
+        return x * keep / (1.0 - self.rate)
 
-    @torch.no_grad()
-    def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        freqs = position_ids[..., None].float() * self.inv_freq.to(x.device)
-        angles = torch.cat((freqs, freqs), dim=-1)
-        return angles.cos().to(x.dtype), angles.sin().to(x.dtype)
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-def apply_rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-    """Rotate `q`, `k` of shape [batch, heads, seq, head_dim] by tables of shape [batch, seq, head_dim]."""
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+    def extra_repr(self) -> str:
+        return f"rate={self.rate}"

@@ -5,14 +5,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
-from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from .block import PlaitBlock
 from .configuration_plait import PlaitConfig
 from .hyper_connections import no_decay_parameter_names
-from .layers import RMSNorm, Rotary
+from .layers import RMSNorm
+from .positions import Rotary
 from .registry import RESIDUALS
 from .transformers_compat import LEGACY_CACHE_NAMES, cache_output, causal_mask, output_cache, take_cache
 
@@ -20,8 +20,9 @@ from .transformers_compat import LEGACY_CACHE_NAMES, cache_output, causal_mask, 
 class PlaitPreTrainedModel(PreTrainedModel):
     """Weight init, attention back-ends and checkpointing shared by every Plait model.
 
-    Component modules with parameters beyond Linear/Embedding/RMSNorm implement `init_plait_weights()` with
-    `transformers.initialization` functions (which skip tensors already loaded from a checkpoint).
+    Component modules with parameters (or derived buffers) beyond Linear/Conv/Embedding/RMSNorm implement
+    `init_plait_weights()` with `transformers.initialization` functions (which skip tensors already loaded
+    from a checkpoint).
     """
 
     config: PlaitConfig
@@ -36,9 +37,7 @@ class PlaitPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
-        if isinstance(module, Rotary):
-            init.copy_(module.inv_freq, module.compute_inv_freq())
-        elif hasattr(module, "init_plait_weights"):
+        if hasattr(module, "init_plait_weights"):
             module.init_plait_weights()
 
     @property
@@ -53,8 +52,8 @@ class PlaitPreTrainedModel(PreTrainedModel):
         return not (rnn or bistochastic)
 
     def no_weight_decay(self) -> set[str]:
-        """Names of parameters the optimizer must not decay: the static hyper-connection parameters. (The
-        trainer decays only matrices, so norm gains and other 1-D parameters are excluded anyway.)"""
+        """Names of parameters the optimizer must not decay: the static hyper-connection parameters. (Plait's
+        weight-decay rule, `plait.modeling.weight_decay`, decays only matrices anyway.)"""
         return no_decay_parameter_names(self)
 
 
@@ -86,7 +85,8 @@ def check_input_ids(input_ids: torch.Tensor, vocab_size: int) -> None:
 
 
 class PlaitModel(PlaitPreTrainedModel):
-    """Token embedding → residual expand → Plait blocks → residual collapse → RMSNorm."""
+    """Token embedding → residual expand → Plait blocks → residual collapse → RMSNorm; causal attention
+    (`create_causal_mask`) with 1-D rotary positions."""
 
     def __init__(self, config: PlaitConfig):
         super().__init__(config)

@@ -31,6 +31,14 @@ decoding is one recurrent step, so `generate()` works for pure-RNN and hybrid mo
 Padding: a padded position (from the attention mask) keeps the state unchanged (h_t = h_{t-1}), so
 left-padded prompts give the same states as unpadded ones; outputs at padded positions are meaningless.
 The mixer ignores `position_embeddings` (an RNN is order-aware by itself).
+
+Bidirectional backbones (`config.is_causal` False, the ViT): a one-way scan would let each token see only the
+tokens before it, so the mixer runs a second cell, with its own input projection and state weights, over the
+reversed sequence, and concatenates the two hidden states of each token before `out_proj` (as a
+bidirectional RNN does). In the ViT the sequence is the CLS token followed by the patches in raster order
+(row-major: left to right, top to bottom); the forward scan runs CLS → first patch → ... → last patch, the
+backward scan last patch → ... → first patch → CLS, so the CLS token's backward state has seen every patch.
+A bidirectional mixer has no recurrent cache (there is no incremental decoding of an image).
 """
 
 from __future__ import annotations
@@ -308,7 +316,8 @@ def document_carry(position_ids: torch.Tensor | None, batch: int, length: int) -
 
 
 class ParaRNNMixer(nn.Module):
-    """x → in_proj → ParaRNN cell over the sequence → out_proj (the hidden state h of the cell)."""
+    """x → in_proj → ParaRNN cell over the sequence → out_proj (the hidden state h of the cell); in a
+    bidirectional backbone also reverse_in_proj → reverse cell over the reversed sequence, concatenated."""
 
     cell_name: str = ""
 
@@ -318,47 +327,67 @@ class ParaRNNMixer(nn.Module):
         self.mode = config.pararnn_mode
         self.iters = config.pararnn_newton_iters
         self.width = config.num_attention_heads * config.head_dim
+        self.bidirectional = not config.is_causal
         self.in_proj = nn.Linear(config.hidden_size, 3 * self.width, bias=True)
         self.state_weight = nn.Parameter(torch.empty(3, self.width))
         if self.cell_name == "lstm":
             self.peephole = nn.Parameter(torch.empty(2, self.width))
-        self.out_proj = nn.Linear(self.width, config.hidden_size, bias=False)
+        if self.bidirectional:
+            self.reverse_in_proj = nn.Linear(config.hidden_size, 3 * self.width, bias=True)
+            self.reverse_state_weight = nn.Parameter(torch.empty(3, self.width))
+            if self.cell_name == "lstm":
+                self.reverse_peephole = nn.Parameter(torch.empty(2, self.width))
+        directions = 2 if self.bidirectional else 1
+        self.out_proj = nn.Linear(directions * self.width, config.hidden_size, bias=False)
         self.last_residual: torch.Tensor | None = None
         self.init_plait_weights()
 
     def init_plait_weights(self) -> None:
         # diagonal state weights (and peepholes) small enough that the cell is contractive in h at init
-        init.uniform_(self.state_weight, -0.5, 0.5)
-        if self.cell_name == "lstm":
-            init.uniform_(self.peephole, -0.5, 0.5)
+        for prefix in ("", "reverse_") if self.bidirectional else ("",):
+            init.uniform_(getattr(self, prefix + "state_weight"), -0.5, 0.5)
+            if self.cell_name == "lstm":
+                init.uniform_(getattr(self, prefix + "peephole"), -0.5, 0.5)
 
-    def params(self):
-        return (self.state_weight, self.peephole) if self.cell_name == "lstm" else (self.state_weight,)
+    def params(self, prefix: str = ""):
+        names = ("state_weight", "peephole") if self.cell_name == "lstm" else ("state_weight",)
+        return tuple(getattr(self, prefix + name) for name in names)
+
+    def scan(self, x, in_proj: nn.Linear, params, keep, h0, carry):
+        """One direction over x [B, T, hidden] from h0: the states [B, T, D(, 2)] and the Newton residual."""
+        batch, length = x.shape[:2]
+        u = in_proj(x).view(batch, length, 3, self.width).transpose(2, 3)  # [B, T, D, 3]
+        return pararnn(
+            self.cell_name, u, params, h0=h0, keep=keep, mode=self.mode, iters=self.iters, carry=carry
+        )
 
     def forward(self, x, position_embeddings=None, attention_mask=None, cache=None, **kwargs):
         """Returns (output, None): a recurrent layer has no attention weights."""
         batch, length = x.shape[:2]
-        u = self.in_proj(x).view(batch, length, 3, self.width).transpose(2, 3)  # [B, T, D, 3]
         cache = cache.layers[self.layer_idx] if cache is not None else None
+        if cache is not None and self.bidirectional:
+            raise ValueError("a bidirectional ParaRNN mixer has no recurrent cache; call it without one")
         keep = padding_keep_mask(
             attention_mask, batch, length, past=cache.seen_tokens if cache is not None else 0
         )
         h0 = cache.state if cache is not None else None
-        states, residual = pararnn(
-            self.cell_name,
-            u,
-            self.params(),
-            h0=h0,
-            keep=keep,
-            mode=self.mode,
-            iters=self.iters,
-            carry=document_carry(kwargs.get("position_ids"), batch, length),
-        )
-        if residual is not None:
-            self.last_residual = residual.detach()  # a tensor: no host sync in the forward
+        carry = document_carry(kwargs.get("position_ids"), batch, length)
+        states, residual = self.scan(x, self.in_proj, self.params(), keep, h0, carry)
         if cache is not None:
             cache.update_state(states[:, -1], length)
         h = states[..., 1] if self.cell_name == "lstm" else states
+        if self.bidirectional:
+            flipped = keep.flip(1) if keep is not None else None
+            # reversed, a state restarts after each document's last token: where the next token started one
+            reverse_carry = None if carry is None else torch.cat((carry[:, :1], carry[:, 1:].flip(1)), 1)
+            reverse, reverse_residual = self.scan(
+                x.flip(1), self.reverse_in_proj, self.params("reverse_"), flipped, None, reverse_carry
+            )
+            h = torch.cat((h, (reverse[..., 1] if self.cell_name == "lstm" else reverse).flip(1)), dim=-1)
+            if residual is not None:
+                residual = torch.maximum(residual, reverse_residual)
+        if residual is not None:
+            self.last_residual = residual.detach()  # a tensor: no host sync in the forward
         return self.out_proj(h.to(x.dtype)), None
 
 

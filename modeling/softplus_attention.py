@@ -4,8 +4,9 @@ the ln(d)·ln(N) scale) and `"lssar"` (LSSA followed by the re-weighting stage).
 
 Both are attention cores for `PlaitAttention` (see `plait.modeling.attention`): q and k arrive
 already rotated by RoPE and are L2-normalised here; scores are scaled by ln(d)·ln(N_i), where N_i is the
-number of keys query i may see, counted from the attention mask — so cached keys count at decode time (also
-beyond the training length) and padding does not. `scaling` (1/√d) is not used: the scale is part of the
+number of keys query i may see, counted from the attention mask and the backbone's causality — so cached keys
+count at decode time (also beyond the training length) and padding does not; in a bidirectional backbone
+(the ViT) N is the number of visible patches. `scaling` (1/√d) is not used: the scale is part of the
 formula.
 `lssar` re-weights with ReLU(N_i·A − O)^p, p = `config.lssar_power` (default 15, the paper's). The math,
 reference and Triton kernels live in `plait.kernels.lssa`.
@@ -22,32 +23,36 @@ from .registry import ATTENTION_FUNCTIONS
 
 
 def bool_attention_mask(
-    attention_mask: torch.Tensor | None, q_len: int, kv_len: int, device
+    attention_mask: torch.Tensor | None, q_len: int, kv_len: int, device, causal: bool = True
 ) -> torch.Tensor | None:
-    """The mask as bool [B, 1, Tq, Tk] (True = may attend), or None for causal attention on the last keys.
+    """The mask as bool [B, 1, Tq, Tk] (True = may attend), or None when the kernel's own rule for `causal`
+    is the mask (causal on the last keys, or every key when not causal).
 
     Accepts transformers' masks for every back-end: bool 4-D (sdpa), additive float 4-D (eager; 0 = attend),
     or a 2-D [B, Tk] padding mask (flash attention), which is combined with the causal mask here."""
     if attention_mask is None:
         # The kernels' None aligns the causal mask to the last key, transformers' to the first: they differ
         # only when 1 < Tq < Tk (the prefill of an empty static cache), so only then is the mask built.
-        return causal_mask_for_none(q_len, kv_len, device)[None, None] if 1 < q_len < kv_len else None
+        if causal and 1 < q_len < kv_len:
+            return causal_mask_for_none(q_len, kv_len, device)[None, None]
+        return None
     if attention_mask.dim() == 2:
-        causal = torch.ones(q_len, kv_len, dtype=torch.bool, device=attention_mask.device).tril(
-            kv_len - q_len
-        )
-        return causal[None, None] & attention_mask[:, None, None, -kv_len:].bool()
+        padding = attention_mask[:, None, None, -kv_len:].bool()
+        if not causal:
+            return padding.expand(-1, 1, q_len, -1)
+        tril = torch.ones(q_len, kv_len, dtype=torch.bool, device=attention_mask.device).tril(kv_len - q_len)
+        return tril[None, None] & padding
     if attention_mask.dtype != torch.bool:
         attention_mask = attention_mask > torch.finfo(attention_mask.dtype).min / 2
     return attention_mask[..., :kv_len]
 
 
-def _core(module, q, k, v, attention_mask, reweight: bool, dropout: float, output_attentions: bool):
+def _core(module, q, k, v, attention_mask, reweight: bool, dropout: float, output_attentions: bool, causal):
     groups = module.num_key_value_groups
     k, v = repeat_kv(k, groups), repeat_kv(v, groups)
-    mask = bool_attention_mask(attention_mask, q.shape[2], k.shape[2], q.device)
+    mask = bool_attention_mask(attention_mask, q.shape[2], k.shape[2], q.device, causal)
     if output_attentions:  # the fused kernels never hold the weights: compute them with the reference
-        weights = lssa_weights(q, k, mask, reweight=reweight, power=module.config.lssar_power)
+        weights = lssa_weights(q, k, mask, reweight=reweight, power=module.config.lssar_power, causal=causal)
         weights = F.dropout(weights, p=dropout, training=module.training)
         out = (weights @ v.float()).to(q.dtype)
         return out.transpose(1, 2).contiguous(), weights.to(q.dtype)
@@ -56,6 +61,7 @@ def _core(module, q, k, v, attention_mask, reweight: bool, dropout: float, outpu
         k,
         v,
         mask,
+        causal=causal,
         reweight=reweight,
         power=module.config.lssar_power,
         dropout=dropout,
@@ -66,10 +72,20 @@ def _core(module, q, k, v, attention_mask, reweight: bool, dropout: float, outpu
 
 @ATTENTION_FUNCTIONS.register("lssa")
 def lssa_attention(
-    module, q, k, v, attention_mask, scaling=None, dropout=0.0, output_attentions=False, **kwargs
+    module,
+    q,
+    k,
+    v,
+    attention_mask,
+    scaling=None,
+    dropout=0.0,
+    output_attentions=False,
+    *,
+    is_causal,
+    **kwargs,
 ):
     """LSSA: softplus of ln(d)·ln(N_i)-scaled cosine scores, rows L1-normalised."""
-    return _core(module, q, k, v, attention_mask, False, dropout, output_attentions)
+    return _core(module, q, k, v, attention_mask, False, dropout, output_attentions, is_causal)
 
 
 def check_lssar_config(config) -> None:
@@ -79,10 +95,20 @@ def check_lssar_config(config) -> None:
 
 @ATTENTION_FUNCTIONS.register("lssar", validate=check_lssar_config)
 def lssar_attention(
-    module, q, k, v, attention_mask, scaling=None, dropout=0.0, output_attentions=False, **kwargs
+    module,
+    q,
+    k,
+    v,
+    attention_mask,
+    scaling=None,
+    dropout=0.0,
+    output_attentions=False,
+    *,
+    is_causal,
+    **kwargs,
 ):
     """LSSAR: LSSA followed by the ReLU(N_i·A − O)^p re-weighting, renormalised."""
-    return _core(module, q, k, v, attention_mask, True, dropout, output_attentions)
+    return _core(module, q, k, v, attention_mask, True, dropout, output_attentions, is_causal)
 
 
 __all__ = ["lssa_attention", "lssar_attention", "bool_attention_mask"]

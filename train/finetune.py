@@ -50,6 +50,7 @@ from plait.modeling.adapters import KANConfig, skan_prune, skan_select
 from . import kappatune
 from .data import build_lm_dataset, load_documents, load_raw
 from .recipe import FinetuneRecipe, Recipe, RecipeError
+from .task import Task
 
 
 @dataclass
@@ -173,6 +174,25 @@ def _image_classification(recipe: Recipe, processor) -> tuple[Dataset, int]:
         return {"pixel_values": pixels, "labels": torch.tensor(batch[data.label_field])}
 
     return ds.with_transform(transform), num_labels
+
+
+def build_finetune_task(recipe: Recipe, args) -> Task:
+    """The `Task` the trainer runs for a `finetune` recipe (see `prepare_finetune`)."""
+    cache_dir = recipe.data.cache_dir or str(Path(recipe.train.output_dir) / "data_cache")
+    processor, dataset, collator, model, callbacks = prepare_finetune(recipe, args, cache_dir)
+
+    def restore_cache(model) -> None:  # generation from the saved LM uses its cache again
+        model.config.use_cache = True
+
+    return Task(
+        model=model,
+        train_dataset=dataset,
+        data_collator=collator,
+        processing_class=processor,
+        tokens_per_sample=recipe.data.seq_len,
+        callbacks=callbacks,
+        prepare_for_saving=restore_cache if recipe.finetune.task == "causal_lm" else None,
+    )
 
 
 def prepare_finetune(

@@ -5,8 +5,10 @@ A recipe has nine sections (`model`, `data`, `optim`, `train`, `checkpoint`, `lo
 wrong type and values outside their allowed choices or range, always naming the key (as a dotted path) and
 the offending value.
 
-`model.config` is passed to the model's config class (`PlaitConfig` for `model.arch: plait-lm`), which does
-its own validation; `model.arch` leaves room for other architectures (a ViT recipe adds `plait-vit`).
+`model.arch` names the task (`plait.train.tasks`): `plait-lm` (the decoder LM on text, `data` is a
+`DataRecipe`) or `plait-vit` (the ViT on image classification, `data` is an `ImageDataRecipe`).
+`model.config` is passed to the task's config class (`PlaitConfig`, `PlaitViTConfig`), which does its own
+validation.
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ Schedule = Literal["cosine", "wsd", "linear", "constant"]
 
 @dataclass
 class ModelRecipe:
-    arch: Literal["plait-lm"] = "plait-lm"
-    config: dict[str, Any] = field(default_factory=dict)  # PlaitConfig keyword arguments
+    arch: Literal["plait-lm", "plait-vit"] = "plait-lm"
+    config: dict[str, Any] = field(default_factory=dict)  # PlaitConfig / PlaitViTConfig keyword arguments
     pretrained: str | None = (
         None  # start from a `from_pretrained` directory or hub name instead of random init
     )
@@ -60,6 +62,30 @@ class DataRecipe:
     shuffle_buffer: int = 10_000  # streaming shuffle buffer (blocks)
     num_proc: int | None = None  # worker processes for tokenisation (`datasets.map`)
     cache_dir: str | None = None  # where tokenised/packed datasets are cached; None: <output_dir>/data_cache
+
+
+@dataclass
+class ImageDataRecipe:
+    """The `plait-vit` task's data: an image classification set read by `plait.eval.image_data`."""
+
+    source: Literal["fashion-mnist", "mnist-digits", "folder", "hub"] = "fashion-mnist"
+    # fashion-mnist: the folder of its IDX files; mnist-digits: digits.png (both default to the data cache,
+    # `make data`); folder: a root holding one class-per-folder directory per split (<path>/<split>/<class>/)
+    path: str | None = None
+    name: str | None = None  # source: hub dataset name (e.g. zalando-datasets/fashion_mnist)
+    subset: str | None = None  # source: hub dataset configuration
+    train_split: str = "train"
+    eval_split: str | None = "test"  # held-out split evaluated during and after training; null: none
+    image_column: str = "image"  # source: hub
+    label_column: str = "label"  # source: hub
+    max_train_samples: int | None = None  # keep only the first N (smoke tests)
+    max_eval_samples: int | None = None
+    # per-channel normalisation; null: the training images' statistics (in-memory sets) or 0.5 / 0.5
+    image_mean: list[float] | None = None
+    image_std: list[float] | None = None
+    crop_padding: int = 0  # random crop after zero-padding every side by this many pixels; 0: no crop
+    horizontal_flip: bool = False  # random left-right flips
+    cache_dir: str | None = None  # source: hub, the datasets cache
 
 
 @dataclass
@@ -160,7 +186,7 @@ class FinetuneRecipe:
 @dataclass
 class Recipe:
     model: ModelRecipe = field(default_factory=ModelRecipe)
-    data: DataRecipe = field(default_factory=DataRecipe)
+    data: DataRecipe | ImageDataRecipe = field(default_factory=DataRecipe)  # by model.arch: DATA_SECTIONS
     optim: OptimRecipe = field(default_factory=OptimRecipe)
     train: TrainRecipe = field(default_factory=TrainRecipe)
     checkpoint: CheckpointRecipe = field(default_factory=CheckpointRecipe)
@@ -184,6 +210,11 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "data.tokenizer_train_documents": (lambda v: v >= 1, "an integer >= 1"),
     "data.shuffle_buffer": (lambda v: v >= 1, "an integer >= 1"),
     "data.num_proc": (lambda v: v is None or v >= 1, "null or an integer >= 1"),
+    "data.max_train_samples": (lambda v: v is None or v >= 1, "null or an integer >= 1"),
+    "data.max_eval_samples": (lambda v: v is None or v >= 1, "null or an integer >= 1"),
+    "data.image_mean": (lambda v: v is None or len(v) >= 1, "null or a list of one value per channel"),
+    "data.image_std": (lambda v: v is None or (len(v) >= 1 and min(v) > 0), "null or positive values"),
+    "data.crop_padding": (lambda v: v >= 0, "an integer >= 0"),
     "optim.lr": (lambda v: v > 0, "a positive number"),
     "optim.min_lr_ratio": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
     "optim.weight_decay": (lambda v: v >= 0, "a number >= 0"),
@@ -285,7 +316,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return float(value) if tp is float else value
 
 
-def _build(cls: type, data: Any, prefix: str) -> Any:
+def _build(cls: type, data: Any, prefix: str, sections: dict[str, type] | None = None) -> Any:
     if not isinstance(data, dict):
         raise RecipeError(f"{prefix or 'recipe'} must be a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
@@ -299,10 +330,10 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
             f"unknown key {prefix + '.' if prefix else ''}{unknown[0]} in {where}; "
             f"{hint}valid keys: {', '.join(fields)}"
         )
-    kwargs = {}
+    kwargs = {name: tp() for name, tp in (sections or {}).items() if name not in data}
     for name, value in data.items():
         key = f"{prefix}.{name}" if prefix else name
-        tp = hints[name]
+        tp = (sections or {}).get(name, hints[name])
         if dataclasses.is_dataclass(tp):
             kwargs[name] = _build(tp, value if value is not None else {}, key)
             continue
@@ -316,13 +347,18 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
 
 
 def model_config(recipe: Recipe, **defaults: Any):
-    """The model config `model.config` builds (validated by the config class; `defaults` fill unset keys,
-    e.g. the tokenizer's vocabulary size), or RecipeError naming the problem."""
-    from plait.modeling import PlaitConfig
+    """The model config `model.config` builds for `model.arch` (`PlaitConfig` or `PlaitViTConfig`, which
+    validate it; `defaults` fill unset keys, e.g. the tokenizer's vocabulary size or the data's class
+    names), or RecipeError naming the problem."""
+    from plait.modeling import PlaitConfig, PlaitViTConfig
 
-    kwargs = {"max_position_embeddings": recipe.data.seq_len, **defaults, **recipe.model.config}
+    if recipe.model.arch == "plait-vit":
+        config_class, base = PlaitViTConfig, {}
+    else:
+        config_class, base = PlaitConfig, {"max_position_embeddings": recipe.data.seq_len}
+    kwargs = {**base, **defaults, **recipe.model.config}
     try:
-        return PlaitConfig(**kwargs)
+        return config_class(**kwargs)
     except (TypeError, ValueError) as e:
         raise RecipeError(f"model.config is invalid: {e}") from None
 
@@ -336,15 +372,17 @@ def _cross_checks(recipe: Recipe) -> None:
     if recipe.model.pretrained is None:
         model_config(recipe)
     data = recipe.data
-    if data.source == "files" and not data.paths:
+    if data.source == "hub" and not data.name:
+        raise RecipeError("data.name is not set but data.source='hub'; give a datasets hub name")
+    if isinstance(data, ImageDataRecipe):
+        _image_data_checks(data)
+    elif data.source == "files" and not data.paths:
         raise RecipeError(
             "data.paths is empty but data.source='files'; list the text/JSON/parquet files to train on"
         )
-    if data.source == "disk" and len(data.paths) != 1:
+    elif data.source == "disk" and len(data.paths) != 1:
         raise RecipeError(f"data.paths={data.paths!r}: data.source='disk' takes one save_to_disk folder")
-    if data.source == "hub" and not data.name:
-        raise RecipeError("data.name is not set but data.source='hub'; give a datasets hub name")
-    if data.source in ("files", "disk"):
+    if not isinstance(data, ImageDataRecipe) and data.source in ("files", "disk"):
         for i, p in enumerate(data.paths):
             if not Path(p).expanduser().exists():
                 raise RecipeError(f"data.paths[{i}]={p!r} does not exist")
@@ -385,8 +423,28 @@ def _cross_checks(recipe: Recipe) -> None:
         )
 
 
+def _image_data_checks(data: ImageDataRecipe) -> None:
+    if data.path is not None and not Path(data.path).expanduser().exists():
+        raise RecipeError(f"data.path={data.path!r} does not exist")
+    if (
+        data.image_mean is not None
+        and data.image_std is not None
+        and len(data.image_mean) != len(data.image_std)
+    ):
+        raise RecipeError(
+            f"data.image_mean has {len(data.image_mean)} values but data.image_std {len(data.image_std)}; "
+            "give one per channel"
+        )
+
+
+# The `data` section's schema for each `model.arch`.
+DATA_SECTIONS: dict[str, type] = {"plait-lm": DataRecipe, "plait-vit": ImageDataRecipe}
+
+
 def recipe_from_dict(data: dict[str, Any]) -> Recipe:
-    recipe = _build(Recipe, data, "")
+    model = _build(ModelRecipe, data.get("model") or {}, "model") if isinstance(data, dict) else None
+    sections = {"data": DATA_SECTIONS[model.arch]} if model is not None else None
+    recipe = _build(Recipe, data, "", sections)
     _cross_checks(recipe)
     return recipe
 

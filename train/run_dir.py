@@ -26,8 +26,8 @@ RECIPE_FILE = "recipe.json"
 LOCK_FILE = ".lock"
 
 # Recipe keys that may change between the start of a run and its resume: where the run lives (a moved
-# directory), where and how often it logs and checkpoints, and how fast data loads. Every other key changes
-# what is trained.
+# directory), where and how often it logs, evaluates and checkpoints, and how fast data loads. Every other key
+# changes what is trained.
 RESUMABLE_CHANGES = (
     "train.output_dir",
     "logging.",
@@ -38,6 +38,7 @@ RESUMABLE_CHANGES = (
     "checkpoint.resume_despite_changes",
     "checkpoint.trust_pickles",
     "train.dataloader_workers",
+    "eval.",
     "data.num_proc",
     "data.cache_dir",
 )

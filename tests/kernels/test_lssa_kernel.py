@@ -162,3 +162,24 @@ def test_half_precision_large_activations_stay_finite(fn, reweight, dtype):
     assert out.dtype == dtype and torch.isfinite(out).all()
     out.float().sum().backward()
     assert all(torch.isfinite(t.grad.float()).all() for t in (q, k, v))
+
+
+@pytest.mark.parametrize("reweight", [False, True], ids=["lssa", "lssar"])
+def test_bidirectional_triton_matches_reference_and_an_all_visible_mask(reweight):
+    """causal=False without a mask (the ViT): every query sees every key, N_i = Tk."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 21, 16) for _ in range(3))
+    grad = torch.randn(2, 2, 21, 16)
+    everything = torch.ones(1, 1, 21, 21, dtype=torch.bool)
+    power = 4.0 if reweight else 15.0
+    results = []
+    for fn, mask in ((lssa_naive, everything), (lssa_naive, None), (lssa_triton, None)):
+        qi, ki, vi = (t.clone().requires_grad_() for t in (q, k, v))
+        out = fn(qi, ki, vi, mask, reweight=reweight, power=power, causal=False)
+        out.backward(grad)
+        results.append((out.detach(), qi.grad, ki.grad, vi.grad))
+    for got in results[1:]:
+        for name, ref, value in zip(("out", "dq", "dk", "dv"), results[0], got, strict=True):
+            torch.testing.assert_close(value, ref, rtol=2e-4, atol=2e-4, msg=name)
+    causal = lssa_naive(q, k, v, reweight=reweight, power=power, causal=True)
+    assert not torch.allclose(causal[:, :, 0], results[0][0][:, :, 0])  # the first row now sees every key

@@ -12,10 +12,10 @@ from plait.modeling.hyper_connections import (
     HCSite,
     cayley,
     no_decay_parameter_names,
-    parameter_groups,
     sinkhorn_implicit,
     skew,
 )
+from plait.modeling.weight_decay import parameter_groups
 
 TINY = dict(
     vocab_size=128,
@@ -228,7 +228,9 @@ def test_no_decay_names():
     assert not any("weight_alpha" in n or "proj" in n or "norm" in n for n in names)
     decay, no_decay = parameter_groups(model, 0.1)
     assert (decay["weight_decay"], no_decay["weight_decay"]) == (0.1, 0.0)
-    assert {id(p) for p in no_decay["params"]} == {id(params[n]) for n in names}
+    # the one weight-decay rule: the static HC parameters the model names, and every 1-D parameter
+    vectors = {n for n, p in params.items() if p.ndim < 2}
+    assert {id(p) for p in no_decay["params"]} == {id(params[n]) for n in names | vectors}
     assert len(decay["params"]) + len(no_decay["params"]) == len(params)
     mhc = no_decay_parameter_names(PlaitForCausalLM(tiny("mhc")))
     assert "model.layers.1.mixer_residual.bias" in mhc and not any("phi" in n for n in mhc)

@@ -1,0 +1,76 @@
+"""`PlaitViTConfig`: the ViT's config, the shared block's (`PlaitBlockConfig`) plus the image fields."""
+
+from __future__ import annotations
+
+from huggingface_hub.dataclasses import strict
+
+from .configuration_block import PlaitBlockConfig
+
+POSITION_EMBEDDINGS = ("learned", "rope2d")
+POOLINGS = ("cls", "mean")
+
+
+@strict
+class PlaitViTConfig(PlaitBlockConfig):
+    r"""Configuration of the Plait vision transformer: the block's dimensions and switches
+    (`PlaitBlockConfig`) plus, following transformers' `ViTConfig` names, the image geometry and the head.
+
+    - `image_size`, `patch_size`, `num_channels`: square images cut into non-overlapping square patches.
+    - `position_embedding`: `"learned"` absolute positions added to the patch embeddings (ViT), or
+      `"rope2d"` axial 2-D rotary positions inside attention (needs `head_dim` divisible by 4). Both adapt to
+      other image sizes with `interpolate_pos_encoding=True`.
+    - `pooling`: classify the final-normed `"cls"` token (prepended to the patches) or the `"mean"` patch.
+    - `label_smoothing`: of the single-label cross-entropy loss; `classifier_dropout` before the head.
+
+    The ViT is bidirectional (`is_causal = False`): attention sees every patch, softplus attention counts N
+    over all patches, and ParaRNN mixers scan the patches in both raster directions.
+    """
+
+    model_type = "plait_vit"
+    is_causal = False
+
+    hidden_size: int = 768
+    intermediate_size: int = 3072
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    mlp_act: str = "gelu"
+    image_size: int = 224
+    patch_size: int = 16
+    num_channels: int = 3
+    position_embedding: str = "learned"
+    pooling: str = "cls"
+    label_smoothing: float = 0.0
+    classifier_dropout: float = 0.0
+
+    def _validate(self) -> None:
+        super()._validate()
+        self._positive("image_size", "patch_size", "num_channels")
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"image_size={self.image_size} must be a multiple of patch_size={self.patch_size}"
+            )
+        if self.position_embedding not in POSITION_EMBEDDINGS:
+            raise ValueError(
+                f"position_embedding={self.position_embedding!r} is not a valid choice; "
+                f"valid choices: {list(POSITION_EMBEDDINGS)}"
+            )
+        if self.position_embedding == "rope2d" and self.head_dim % 4:
+            raise ValueError(
+                f"head_dim={self.head_dim} must be divisible by 4 for position_embedding='rope2d' "
+                "(half of each head's frequency pairs per image axis)"
+            )
+        if self.pooling not in POOLINGS:
+            raise ValueError(
+                f"pooling={self.pooling!r} is not a valid choice; valid choices: {list(POOLINGS)}"
+            )
+        for name in ("label_smoothing", "classifier_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name}={getattr(self, name)!r} must lie in [0, 1)")
+
+    @property
+    def grid_size(self) -> int:
+        """Patches per image side at `image_size`."""
+        return self.image_size // self.patch_size
+
+
+__all__ = ["PlaitViTConfig"]
