@@ -48,3 +48,35 @@ class PlaitBlock(GradientCheckpointingLayer):
 
         state = self.mixer_residual(state, mixer)
         return self.mlp_residual(state, lambda h: self.drop_path(self.mlp(self.mlp_norm(h)))), attention
+
+
+def run_stack(
+    layers,
+    streams,
+    norm,
+    embeddings: torch.Tensor,
+    output_attentions: bool,
+    output_hidden_states: bool,
+    **block_kwargs,
+) -> tuple[torch.Tensor, tuple | None, tuple | None]:
+    """The backbone body shared by the LM and the ViT: expand the embeddings into the residual state once,
+    run every block, collapse once and normalise. Returns the final hidden state, the per-layer hidden states
+    ([batch, seq, hidden], the embeddings first and the normalised output last, as in Llama) and the
+    attention weights, each tuple None unless asked for."""
+    state = streams.expand(embeddings)
+    hidden_states = [embeddings] if output_hidden_states else None
+    attentions = [] if output_attentions else None
+    for block in layers:
+        state, attention = block(state, output_attentions=output_attentions, **block_kwargs)
+        if output_hidden_states:
+            hidden_states.append(streams.collapse(state))
+        if output_attentions:
+            attentions.append(attention)
+    hidden = norm(streams.collapse(state))
+    if output_hidden_states:
+        hidden_states[-1] = hidden
+    return (
+        hidden,
+        tuple(hidden_states) if output_hidden_states else None,
+        tuple(attentions) if output_attentions else None,
+    )

@@ -8,7 +8,7 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
-from .block import PlaitBlock
+from .block import PlaitBlock, run_stack
 from .configuration_plait import PlaitConfig
 from .hyper_connections import no_decay_parameter_names
 from .layers import RMSNorm
@@ -144,30 +144,23 @@ class PlaitModel(PlaitPreTrainedModel):
             mask = causal_mask(config, inputs_embeds, attention_mask, cache, position_ids)
         position_embeddings = self.rotary(inputs_embeds, position_ids)
 
-        state = self.streams.expand(inputs_embeds)
-        all_hidden_states = [inputs_embeds] if output_hidden_states else None
-        all_attentions = [] if output_attentions else None
-        for block in self.layers:
-            state, attention = block(
-                state,
-                position_embeddings=position_embeddings,
-                attention_mask=mask,
-                cache=cache,
-                position_ids=position_ids,
-                output_attentions=output_attentions,
-                **kwargs,
-            )
-            if output_hidden_states:
-                all_hidden_states.append(self.streams.collapse(state))
-            if output_attentions:
-                all_attentions.append(attention)
-        hidden = self.norm(self.streams.collapse(state))
-        if output_hidden_states:
-            all_hidden_states[-1] = hidden  # as in Llama: the last entry is the normalised output
+        hidden, hidden_states, attentions = run_stack(
+            self.layers,
+            self.streams,
+            self.norm,
+            inputs_embeds,
+            output_attentions,
+            output_hidden_states,
+            position_embeddings=position_embeddings,
+            attention_mask=mask,
+            cache=cache,
+            position_ids=position_ids,
+            **kwargs,
+        )
         outputs = BaseModelOutputWithPast(
             last_hidden_state=hidden,
-            hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
-            attentions=tuple(all_attentions) if output_attentions else None,
+            hidden_states=hidden_states,
+            attentions=attentions,
             **cache_output(cache if use_cache else None),
         )
         return outputs if return_dict else outputs.to_tuple()

@@ -18,7 +18,7 @@ from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.utils import can_return_tuple
 
-from .block import PlaitBlock
+from .block import PlaitBlock, run_stack
 from .configuration_plait_vit import PlaitViTConfig
 from .layers import RMSNorm
 from .modeling_plait import PlaitPreTrainedModel
@@ -131,30 +131,23 @@ class PlaitViTModel(PlaitViTPreTrainedModel):
             position_embeddings = self.rotary(
                 hidden, grid, self.embeddings.prefix, bool(interpolate_pos_encoding)
             )
-        state = self.streams.expand(hidden)
-        all_hidden_states = [hidden] if output_hidden_states else None
-        all_attentions = [] if output_attentions else None
-        for block in self.layers:
-            state, attention = block(
-                state,
-                position_embeddings=position_embeddings,
-                attention_mask=None,  # bidirectional: every token sees every token
-                output_attentions=output_attentions,
-                **kwargs,
-            )
-            if output_hidden_states:
-                all_hidden_states.append(self.streams.collapse(state))
-            if output_attentions:
-                all_attentions.append(attention)
-        hidden = self.norm(self.streams.collapse(state))
-        if output_hidden_states:
-            all_hidden_states[-1] = hidden
+        hidden, hidden_states, attentions = run_stack(
+            self.layers,
+            self.streams,
+            self.norm,
+            hidden,
+            output_attentions,
+            output_hidden_states,
+            position_embeddings=position_embeddings,
+            attention_mask=None,  # bidirectional: every token sees every token
+            **kwargs,
+        )
         pooled = hidden[:, 0] if self.embeddings.prefix else hidden.mean(dim=1)
         return BaseModelOutputWithPooling(
             last_hidden_state=hidden,
             pooler_output=pooled,
-            hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
-            attentions=tuple(all_attentions) if output_attentions else None,
+            hidden_states=hidden_states,
+            attentions=attentions,
         )
 
 
