@@ -79,8 +79,15 @@ def checkpoint_problems(checkpoint: Path) -> list[str]:
             problems.append(f"{state.name}: global_step={step!r} is not an integer")
     except (OSError, ValueError, KeyError, TypeError) as e:
         problems.append(f"{state.name} is missing or not a trainer state ({type(e).__name__}: {e})")
-    deepspeed = any(checkpoint.glob("global_step*"))
-    if not deepspeed:  # DeepSpeed keeps model and optimizer in global_step*/ (checked by DeepSpeed itself)
+    if any(checkpoint.glob("global_step*")):  # DeepSpeed: model and optimizer in global_step*/, checked by it
+        return problems
+    if any(checkpoint.glob("pytorch_model_fsdp*")):  # FSDP: model and optimizer as Accelerate saves them
+        for kind, pattern in (("model", "pytorch_model_fsdp*"), ("optimizer", "optimizer*")):
+            saved = sorted(checkpoint.glob(pattern))
+            if not saved:
+                problems.append(f"no FSDP {kind} state ({pattern})")
+            problems += [problem for path in saved if path.is_dir() for problem in _sharded_problems(path)]
+    else:
         weights = sorted(checkpoint.glob("*.safetensors"))
         if not weights:
             problems.append("no model weights (*.safetensors)")
@@ -90,9 +97,32 @@ def checkpoint_problems(checkpoint: Path) -> list[str]:
                     f.keys()
             except (SafetensorError, OSError) as e:
                 problems.append(f"{path.name} is unreadable ({e})")
-        for name in ("optimizer.pt", "scheduler.pt"):
-            if not (checkpoint / name).is_file():
-                problems.append(f"{name} is missing (resuming would restart the optimizer or the schedule)")
+        if not (checkpoint / "optimizer.pt").is_file():
+            problems.append("optimizer.pt is missing (resuming would restart the optimizer)")
+    if not (checkpoint / "scheduler.pt").is_file():
+        problems.append("scheduler.pt is missing (resuming would restart the schedule)")
+    return problems
+
+
+def _sharded_problems(directory: Path) -> list[str]:
+    """A `torch.distributed.checkpoint` directory: its metadata readable, every shard file it names present
+    and long enough for the bytes it should hold."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    try:
+        stored = FileSystemReader(directory).read_metadata().storage_data.values()
+    except Exception as e:  # noqa: BLE001  (any failure to read it means the checkpoint is unusable)
+        return [f"{directory.name}/ is not a readable sharded checkpoint ({type(e).__name__}: {e})"]
+    needed: dict[str, int] = {}
+    for item in stored:
+        needed[item.relative_path] = max(needed.get(item.relative_path, 0), item.offset + item.length)
+    problems = []
+    for name, size in sorted(needed.items()):
+        path = directory / name
+        if not path.is_file():
+            problems.append(f"{directory.name}/{name} is missing")
+        elif path.stat().st_size < size:
+            problems.append(f"{directory.name}/{name} is truncated ({path.stat().st_size} of {size} bytes)")
     return problems
 
 
@@ -148,11 +178,11 @@ def latest_resumable(output_dir: Path) -> Path | None:
     )
     good = [p for p in others if not checkpoint_problems(p)]
     offer = (
-        f"the previous good checkpoint is {good[-1]}: resume from it with --set checkpoint.resume={good[-1]}"
+        f"Delete it, or resume from the previous good checkpoint with --set checkpoint.resume={good[-1]}"
         if good
-        else "no earlier checkpoint is complete"
+        else "No earlier checkpoint is complete: delete it to start afresh"
     )
-    raise RunError(f"cannot resume from {latest}: {'; '.join(problems)}. Delete it or {offer}")
+    raise RunError(f"cannot resume from {latest}: {'; '.join(problems)}. {offer}")
 
 
 def finished_step(output_dir: Path, max_steps: int) -> int | None:

@@ -37,6 +37,7 @@ from plait.eval.periodic import periodic_evaluation
 from plait.modeling.weight_decay import decay_parameter_names
 
 from .checkpointing import STAGING_DIR, AtomicCheckpoints
+from .engine import describe_engine, enable_fsdp2_on_cpu, refuse_fsdp1_on_cpu
 from .errors import RunError
 from .lifecycle import exit_with_parent, launched_worker
 from .metrics import Clock, composite_gain, device_name, flops_per_token, peak_tflops  # noqa: F401  (API)
@@ -70,6 +71,11 @@ class PlaitTrainer(AtomicCheckpoints, Trainer):
         self.probe: torch.Tensor | None = None  # one training example, to log the HC composite gain on
         self.last_finite: dict[str, float] = {}  # the last logged step whose loss and grad norm were finite
 
+    def create_accelerator_and_postprocess(self) -> None:
+        super().create_accelerator_and_postprocess()
+        if enable_fsdp2_on_cpu(self.accelerator):  # FSDP2 on a CPU launch (plait.train.engine)
+            self.is_fsdp_enabled = True
+
     def training_step(self, model, inputs, num_items_in_batch=None):
         self.probe = inputs[self.accelerator.unwrap_model(model).main_input_name][:1].detach()
         return super().training_step(model, inputs, num_items_in_batch)
@@ -82,6 +88,8 @@ class PlaitTrainer(AtomicCheckpoints, Trainer):
         super()._maybe_log_save_evaluate(tr_loss, grad_norm, *args, **kwargs)
 
     def _stop_if_not_finite(self, tr_loss: torch.Tensor, grad_norm) -> None:
+        if hasattr(grad_norm, "full_tensor"):  # FSDP2: the norm of sharded gradients is a DTensor
+            grad_norm = grad_norm.full_tensor()
         norm = torch.as_tensor(0.0 if grad_norm is None else grad_norm, dtype=torch.float32)
         values = torch.stack([tr_loss.detach().float().reshape(()), norm.to(tr_loss.device).reshape(())])
         values = self.accelerator.gather(values).view(-1, 2)  # every rank stops alike
@@ -101,7 +109,9 @@ class PlaitTrainer(AtomicCheckpoints, Trainer):
         )
 
     def _stop_if_weights_not_finite(self, model: torch.nn.Module) -> None:
-        local = [getattr(p, "ds_tensor", p) for p in model.parameters()]  # ZeRO-3: this rank's partition
+        local = [  # this rank's part only: FSDP2's shard, ZeRO-3's partition
+            p.to_local() if hasattr(p, "to_local") else getattr(p, "ds_tensor", p) for p in model.parameters()
+        ]
         bad = torch.tensor([float(any(not torch.isfinite(p).all() for p in local if p.numel()))])
         if self.accelerator.gather(bad.to(self.accelerator.device)).any():
             raise RunError(
@@ -145,6 +155,17 @@ class PlaitTrainer(AtomicCheckpoints, Trainer):
                 **({"grad_norm": logs["grad_norm"]} if "grad_norm" in logs else {}),
             }
         super().log(logs, start_time)
+
+    def save_final(self, output_dir: Path) -> None:
+        """The model in `from_pretrained` form, gathered whole from every engine's shards. ZeRO-3 gathers in
+        `save_model` (stage3_gather_16bit_weights_on_model_save); for FSDP with sharded checkpoints
+        `save_model` writes no weights at all (transformers leaves merging to `accelerate merge-weights`),
+        so the full state dict is gathered here, on every rank, and written by the main process."""
+        plugin = getattr(self.accelerator.state, "fsdp_plugin", None)
+        if self.is_fsdp_enabled and "FULL_STATE_DICT" not in str(plugin.state_dict_type):
+            self._save(str(output_dir), state_dict=self.accelerator.get_state_dict(self.model))
+        else:
+            self.save_model(str(output_dir))
 
     def _save_checkpoint(self, model, trial) -> None:
         """Weights that are not all finite are never saved: the run stops with the last good checkpoint
@@ -220,22 +241,6 @@ def training_arguments(recipe: Recipe) -> TrainingArguments:
     )
 
 
-def describe_engine(trainer: Trainer, recipe: Recipe) -> str:
-    """One line: the engine, world size and precision that actually run (from Accelerate's state). A
-    launcher that asked for FSDP and got another engine (Accelerate drops FSDP on CPU) is an error."""
-    state = trainer.accelerator.state
-    asked_fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
-    if asked_fsdp and str(state.distributed_type) != "DistributedType.FSDP":
-        raise RunError(
-            f"the launcher asked for FSDP but Accelerate runs {state.distributed_type} here (it drops FSDP "
-            "on CPU): the run would not shard. Use launch/accelerate/ddp.yaml or a ZeRO config on CPU."
-        )
-    engine = str(state.distributed_type).rsplit(".", 1)[-1]
-    if state.deepspeed_plugin is not None:
-        engine += f" ZeRO-{state.deepspeed_plugin.zero_stage}"
-    return f"engine {engine}, world size {state.num_processes}, precision {recipe.train.precision}"
-
-
 def _deepspeed_cpu_without_shm() -> None:
     """DeepSpeed on CPU: collectives go through gloo. DeepSpeed would first JIT-compile a shared-memory
     all-reduce extension (minutes of C++ build on first use, and it needs a compiler); skip it."""
@@ -264,6 +269,7 @@ def run(recipe: Recipe, callbacks: list[TrainerCallback] | None = None) -> RunRe
         _deepspeed_cpu_without_shm()
     if launched_worker():
         exit_with_parent()
+    refuse_fsdp1_on_cpu()
     args = training_arguments(recipe)
     output_dir = Path(recipe.train.output_dir)
     lock = DirectoryLock(output_dir)
@@ -316,7 +322,7 @@ def _train(recipe: Recipe, args: TrainingArguments, resume: str | None, callback
         peak=peak_tflops(recipe.train.precision, recipe.logging.peak_tflops),
     )
 
-    engine = describe_engine(trainer, recipe)
+    engine = describe_engine(trainer.accelerator, recipe.train.precision)
     if args.should_save:
         print(
             f"plait-train: {engine}; " + (f"resuming from {resume}" if resume else "fresh start"), flush=True
@@ -334,9 +340,7 @@ def _train(recipe: Recipe, args: TrainingArguments, resume: str | None, callback
         final_dir = output_dir / "final"
         if task.prepare_for_saving is not None:
             task.prepare_for_saving(trainer.accelerator.unwrap_model(trainer.model))
-        trainer.save_model(
-            str(final_dir)
-        )  # gathers ZeRO-3 shards (stage3_gather_16bit_weights_on_model_save)
+        trainer.save_final(final_dir)
         if args.should_save:
             task.processing_class.save_pretrained(final_dir)  # the tokenizer or the image processor
     if recipe.logging.wandb:

@@ -18,6 +18,7 @@ import yaml
 from transformers import AutoModelForCausalLM
 
 import plait.modeling  # noqa: F401  (registers Plait with the Auto classes)
+from plait.train.run_dir import checkpoint_problems
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -177,20 +178,71 @@ def test_killing_the_launcher_ends_its_workers(tmp_path):
                 os.kill(pid, signal.SIGKILL)
 
 
-def test_fsdp_config_on_cpu_is_refused_not_run_as_ddp(tmp_path):
+def test_fsdp2_on_cpu_shards_resumes_exactly_and_gathers_the_final_model(tmp_path):
+    """`fsdp.yaml` on CPU runs as FSDP2 (Accelerate alone would fall back to DDP): each rank writes its own
+    half of a sharded (torch.distributed.checkpoint) checkpoint, a resume from it repeats the uninterrupted
+    losses, and `final` holds the whole model, equal to the consolidated last checkpoint."""
+    from safetensors.torch import load_file
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
     out = tmp_path / "run"
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump(tiny_recipe(out)))
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(ROOT / "launch/accelerate/fsdp.yaml"),
+    proc = _launch("fsdp", recipe)
+    engine = "engine FSDP2 (sharded_state_dict checkpoints), world size 2, precision fp32; fresh start"
+    assert engine in proc.stdout
+
+    # each weight is saved in two halves, one written by each rank: sharded, not a replica of all of it
+    metadata = FileSystemReader(out / "checkpoint-2" / "pytorch_model_fsdp_0").read_metadata()
+    writers: dict[str, set[str]] = {}
+    for index, stored in metadata.storage_data.items():
+        writers.setdefault(index.fqn, set()).add(stored.relative_path)
+    assert len(writers) == 21  # the tiny model's tensors
+    for name, files in writers.items():
+        chunks = metadata.state_dict_metadata[name].chunks
+        assert len(chunks) == 2 and chunks[0].sizes[0] == chunks[1].sizes[0], (name, chunks)
+        assert files == {"__0_0.distcp", "__1_0.distcp"}, (name, files)
+    final = load_file(out / "final" / "model.safetensors")
+    dcp_to_torch_save(out / "checkpoint-3" / "pytorch_model_fsdp_0", tmp_path / "consolidated.pt")
+    consolidated = torch.load(tmp_path / "consolidated.pt")["model"]
+    assert final.keys() == consolidated.keys()
+    assert all(torch.equal(final[name], consolidated[name]) for name in final)
+    reloaded = AutoModelForCausalLM.from_pretrained(out / "final")
+    ids = torch.randint(0, 300, (1, 16))
+    assert torch.isfinite(reloaded(input_ids=ids, labels=ids).loss)
+
+    damaged = shutil.copytree(out / "checkpoint-3", tmp_path / "damaged")  # checked whole before a resume
+    with open(damaged / "pytorch_model_fsdp_0" / "__1_0.distcp", "r+b") as shard:
+        shard.truncate(1000)
+    (damaged / "optimizer_0" / "__0_0.distcp").unlink()
+    assert checkpoint_problems(damaged) == [
+        "pytorch_model_fsdp_0/__1_0.distcp is truncated (1000 of "
+        f"{(out / 'checkpoint-3' / 'pytorch_model_fsdp_0' / '__1_0.distcp').stat().st_size} bytes)",
+        "optimizer_0/__0_0.distcp is missing",
     ]
+
+    uninterrupted = _losses(out)
+    shutil.rmtree(out / "checkpoint-3")
+    shutil.rmtree(out / "final")
+    proc = _launch("fsdp", recipe)
+    assert f"resuming from {out / 'checkpoint-2'}" in proc.stdout
+    assert _losses(out) == uninterrupted
+    resumed = load_file(out / "final" / "model.safetensors")
+    assert all(torch.equal(resumed[name], final[name]) for name in final)
+
+
+def test_fsdp1_on_cpu_is_refused_not_run_as_ddp(tmp_path):
+    out = tmp_path / "run"
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(out)))
+    config = yaml.safe_load((ROOT / "launch/accelerate/fsdp.yaml").read_text())
+    config["fsdp_config"]["fsdp_version"] = 1
+    (tmp_path / "fsdp1.yaml").write_text(yaml.safe_dump(config))
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(tmp_path / "fsdp1.yaml")]
     cmd += ["--num_processes", "2", "--main_process_port", "0", "-m", "plait.train", str(recipe)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode != 0
-    assert "asked for FSDP but Accelerate runs" in proc.stderr
+    assert "fsdp_version=1 cannot shard on CPU" in proc.stderr
     assert not (out / "checkpoint-2").exists()

@@ -228,11 +228,11 @@ def test_a_damaged_latest_checkpoint_is_named_and_the_previous_offered(finished,
     longer = ("train.max_steps=6", "checkpoint.resume_despite_changes=true")
     (run_dir / "checkpoint-4" / "optimizer.pt").unlink()
     with pytest.raises(
-        RunError, match=r"checkpoint-4: optimizer.pt is missing.*previous good checkpoint is .*checkpoint-2"
+        RunError, match=r"checkpoint-4: optimizer.pt is missing.*previous good checkpoint with .*checkpoint-2"
     ):
         run(recipe(run_dir, *longer))
     (run_dir / "checkpoint-2" / "trainer_state.json").write_text("{garbage")
-    with pytest.raises(RunError, match="optimizer.pt is missing.*no earlier checkpoint is complete"):
+    with pytest.raises(RunError, match="optimizer.pt is missing.*No earlier checkpoint is complete"):
         run(recipe(run_dir, *longer))
     shutil.rmtree(run_dir / "checkpoint-4")
     with pytest.raises(RunError, match="checkpoint-2: trainer_state.json is missing or not a trainer state"):
