@@ -6,6 +6,7 @@ from huggingface_hub.dataclasses import strict
 
 from .configuration_block import PlaitBlockConfig
 
+PATCH_EMBEDDINGS = ("linear", "conv_stem")
 POSITION_EMBEDDINGS = ("learned", "rope2d")
 POOLINGS = ("cls", "mean")
 
@@ -16,6 +17,10 @@ class PlaitViTConfig(PlaitBlockConfig):
     (`PlaitBlockConfig`) plus, following transformers' `ViTConfig` names, the image geometry and the head.
 
     - `image_size`, `patch_size`, `num_channels`: square images cut into non-overlapping square patches.
+    - `patch_embedding`: `"linear"`, ViT's patchify stem (one Conv2d, kernel = stride = `patch_size`), or
+      `"conv_stem"`, the convolutional stem of Xiao et al., 2021 ("Early Convolutions Help Transformers See
+      Better"): log2(`patch_size`) 3x3 stride-2 convolutions with BatchNorm and ReLU, then a 1x1 convolution
+      to `hidden_size`: the same patch grid, better optimisation (needs a power-of-two `patch_size`).
     - `position_embedding`: `"learned"` absolute positions added to the patch embeddings (ViT), or
       `"rope2d"` axial 2-D rotary positions inside attention (needs `head_dim` divisible by 4). Both adapt to
       other image sizes with `interpolate_pos_encoding=True`.
@@ -37,6 +42,7 @@ class PlaitViTConfig(PlaitBlockConfig):
     image_size: int = 224
     patch_size: int = 16
     num_channels: int = 3
+    patch_embedding: str = "linear"
     position_embedding: str = "learned"
     pooling: str = "cls"
     label_smoothing: float = 0.0
@@ -48,6 +54,18 @@ class PlaitViTConfig(PlaitBlockConfig):
         if self.image_size % self.patch_size:
             raise ValueError(
                 f"image_size={self.image_size} must be a multiple of patch_size={self.patch_size}"
+            )
+        if self.patch_embedding not in PATCH_EMBEDDINGS:
+            raise ValueError(
+                f"patch_embedding={self.patch_embedding!r} is not a valid choice; "
+                f"valid choices: {list(PATCH_EMBEDDINGS)}"
+            )
+        if self.patch_embedding == "conv_stem" and (
+            self.patch_size < 2 or self.patch_size & (self.patch_size - 1)
+        ):
+            raise ValueError(
+                f"patch_size={self.patch_size} must be a power of two >= 2 for patch_embedding='conv_stem' "
+                "(one stride-2 convolution per halving)"
             )
         if self.position_embedding not in POSITION_EMBEDDINGS:
             raise ValueError(

@@ -2,11 +2,11 @@
 `PlaitViTModel` (the backbone) and `PlaitViTForImageClassification` (with `problem_type` losses).
 
 Patch embedding (Dosovitskiy et al., 2021, "An Image is Worth 16x16 Words", eq. 1): a Conv2d with kernel =
-stride = `patch_size`, flattened to a row-major (raster) sequence of patches, an optional CLS token in front,
-then learned absolute positions or 2-D rotary positions (`plait.modeling.positions`). The blocks are the same
-`PlaitBlock` the LM stacks, so every switch (residual, MLP, attention core, token mixer) works unchanged; the
-ViT's config is bidirectional (`is_causal = False`) and the blocks get no attention mask: every token sees
-every token.
+stride = `patch_size` (or the convolutional stem of Xiao et al., 2021, `ConvStem`), flattened to a row-major
+(raster) sequence of patches, an optional CLS token in front, then learned absolute positions or 2-D rotary
+positions (`plait.modeling.positions`). The blocks are the same `PlaitBlock` the LM stacks, so every switch
+(residual, MLP, attention core, token mixer) works unchanged; the ViT's config is bidirectional
+(`is_causal = False`) and the blocks get no attention mask: every token sees every token.
 """
 
 from __future__ import annotations
@@ -40,6 +40,28 @@ class PlaitViTPreTrainedModel(PlaitPreTrainedModel):
         return super().no_weight_decay() | names
 
 
+class ConvStem(nn.Sequential):
+    """Xiao et al., 2021, "Early Convolutions Help Transformers See Better", sec. 3: the patchify stem
+    replaced by a stack of 3x3 stride-2 convolutions (each followed by BatchNorm and ReLU) that halves the
+    resolution log2(patch_size) times, then a 1x1 convolution to the model width. The patch grid is the
+    patchify stem's. Channels double per stage up to hidden_size / 2 at the last (the paper's ViT_C pattern,
+    e.g. 48-96-192-384 before a 768-wide model)."""
+
+    def __init__(self, channels: int, hidden_size: int, patch_size: int):
+        stages = patch_size.bit_length() - 1
+        widths = [max(8, hidden_size >> (stages - i)) for i in range(stages)]
+        layers: list[nn.Module] = []
+        for width in widths:
+            layers += [
+                nn.Conv2d(channels, width, kernel_size=3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+            ]
+            channels = width
+        layers.append(nn.Conv2d(channels, hidden_size, kernel_size=1))
+        super().__init__(*layers)
+
+
 class PlaitViTEmbeddings(nn.Module):
     """Pixels [B, C, H, W] -> CLS token (with `pooling="cls"`) + one embedding per patch, raster order, plus
     learned positions when the config uses them; also returns the patch grid (rows, cols)."""
@@ -48,9 +70,15 @@ class PlaitViTEmbeddings(nn.Module):
         super().__init__()
         self.config = config
         self.patch_size = config.patch_size
-        self.projection = nn.Conv2d(
-            config.num_channels, config.hidden_size, kernel_size=config.patch_size, stride=config.patch_size
-        )
+        if config.patch_embedding == "conv_stem":
+            self.projection = ConvStem(config.num_channels, config.hidden_size, config.patch_size)
+        else:
+            self.projection = nn.Conv2d(
+                config.num_channels,
+                config.hidden_size,
+                kernel_size=config.patch_size,
+                stride=config.patch_size,
+            )
         self.prefix = 1 if config.pooling == "cls" else 0
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size)) if self.prefix else None
         grid = (config.grid_size, config.grid_size)
@@ -59,6 +87,10 @@ class PlaitViTEmbeddings(nn.Module):
             if config.position_embedding == "learned"
             else None
         )
+
+    @property
+    def projection_dtype(self) -> torch.dtype:
+        return next(self.projection.parameters()).dtype
 
     def init_plait_weights(self) -> None:
         if self.cls_token is not None:
@@ -75,7 +107,7 @@ class PlaitViTEmbeddings(nn.Module):
         height, width = pixel_values.shape[-2:]
         if height % self.patch_size or width % self.patch_size:
             raise ValueError(f"image size {height}x{width} is not a multiple of patch_size={self.patch_size}")
-        x = self.projection(pixel_values.to(self.projection.weight.dtype))
+        x = self.projection(pixel_values.to(self.projection_dtype))
         grid = (x.shape[-2], x.shape[-1])
         x = x.flatten(2).transpose(1, 2)  # [B, rows * cols, hidden], row-major
         if self.cls_token is not None:

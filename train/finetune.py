@@ -234,9 +234,17 @@ def prepare_finetune(
         model = AutoModelForImageClassification.from_pretrained(  # a new head when the label count differs
             source, num_labels=num_labels, ignore_mismatched_sizes=True, **load
         )
+    model, callbacks = apply_recipe_method(model, recipe)
+    return processor, dataset, collator, model, callbacks
+
+
+def apply_recipe_method(model: nn.Module, recipe: Recipe) -> tuple[nn.Module, list[TrainerCallback]]:
+    """`apply_method` with the recipe's options and κ cache, and the callbacks the method needs in a run
+    (S-KAN's phases). Also what the ViT task applies to a pretrained ViT (`plait.train.vision`)."""
+    ft = recipe.finetune
     cache = ft.kappa_cache or str(Path(recipe.train.output_dir) / "kappa.json")
     model = apply_method(model, ft, kappa_cache=cache).model
     callbacks = []
     if ft.method == "kan_skan":
         callbacks.append(SKANPhases(round(ft.skan_select_at * recipe.train.max_steps)))
-    return processor, dataset, collator, model, callbacks
+    return model, callbacks

@@ -85,6 +85,9 @@ class ImageDataRecipe:
     image_std: list[float] | None = None
     crop_padding: int = 0  # random crop after zero-padding every side by this many pixels; 0: no crop
     horizontal_flip: bool = False  # random left-right flips
+    mixup_alpha: float = 0.0  # mixup: blend with another image, lambda ~ Beta(alpha, alpha); 0: off
+    cutmix_alpha: float = 0.0  # CutMix: paste a box of area (1 - lambda) of another image; 0: off
+    mix_probability: float = 1.0  # the share of training images mixed when either alpha is set
     cache_dir: str | None = None  # source: hub, the datasets cache
 
 
@@ -215,6 +218,9 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "data.image_mean": (lambda v: v is None or len(v) >= 1, "null or a list of one value per channel"),
     "data.image_std": (lambda v: v is None or (len(v) >= 1 and min(v) > 0), "null or positive values"),
     "data.crop_padding": (lambda v: v >= 0, "an integer >= 0"),
+    "data.mixup_alpha": (lambda v: v >= 0, "a number >= 0 (0 disables mixup)"),
+    "data.cutmix_alpha": (lambda v: v >= 0, "a number >= 0 (0 disables CutMix)"),
+    "data.mix_probability": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
     "optim.lr": (lambda v: v > 0, "a positive number"),
     "optim.min_lr_ratio": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
     "optim.weight_decay": (lambda v: v >= 0, "a number >= 0"),
@@ -397,10 +403,16 @@ def _cross_checks(recipe: Recipe) -> None:
     if recipe.engine.deepspeed is not None and not Path(recipe.engine.deepspeed).is_file():
         raise RecipeError(f"engine.deepspeed={recipe.engine.deepspeed!r} is not a DeepSpeed JSON file")
     ft = recipe.finetune
-    if recipe.eval.every and ft.method is not None and ft.task != "causal_lm":
+    vit = recipe.model.arch == "plait-vit"
+    if vit and ft.method is not None and ft.task != "image_classification":
         raise RecipeError(
-            f"eval.every={recipe.eval.every} evaluates language models; finetune.task={ft.task!r} is not one "
-            "(set eval.every=0)"
+            f"finetune.task={ft.task!r} does not fit model.arch='plait-vit'; set finetune.task: "
+            "image_classification"
+        )
+    if recipe.eval.every and ft.method is not None and ft.task != "causal_lm" and not vit:
+        raise RecipeError(
+            f"eval.every={recipe.eval.every} evaluates language models and the plait-vit task; "
+            f"finetune.task={ft.task!r} is neither (set eval.every=0)"
         )
     if ft.method is not None and not recipe.model.pretrained:
         raise RecipeError(f"finetune.method={ft.method!r} needs model.pretrained (the model to fine-tune)")
@@ -477,7 +489,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def resolve_recipe_path(name_or_path: str) -> Path:
-    """A path to a YAML file, or the name of a shipped recipe (`tiny`, `small`, `1b`)."""
+    """A path to a YAML file, or the name of a shipped recipe (`train/recipes/*.yaml`, e.g. `tiny`)."""
     path = Path(name_or_path).expanduser()
     if path.exists():
         return path

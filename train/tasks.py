@@ -1,5 +1,7 @@
-"""The tasks `model.arch` selects: each builds a `Task` (model, data, collator, metrics) from a recipe; a
-recipe with a `finetune` method builds the fine-tuning task instead (`plait.train.finetune`)."""
+"""The tasks `model.arch` selects: each builds a `Task` (model, data, collator, metrics) from a recipe. A
+recipe with a `finetune` method builds the fine-tuning task instead (`plait.train.finetune`: any transformers
+model on text or `datasets` images), except on the `plait-vit` task, which fine-tunes `model.pretrained` on
+its own image sources, augmentation and test top-1."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ TASKS: dict[str, Callable[[Recipe, TrainingArguments], Task]] = {
 def build_task(recipe: Recipe, args: TrainingArguments) -> Task:
     """The recipe's task: fine-tuning `model.pretrained` when `finetune.method` is set, else pretraining the
     `model.arch` family."""
-    if recipe.finetune.method is not None:
+    if recipe.finetune.method is not None and recipe.model.arch != "plait-vit":
         from .finetune import build_finetune_task
 
         return build_finetune_task(recipe, args)

@@ -6,14 +6,22 @@ directories, `datasets` splits). Each example becomes `pixel_values` [C, H, W] f
 size, rescale by 1/255, normalise per channel); in-memory sets of the model's size take a vectorised path
 that gives the same values.
 
-Augmentation (training split only): a random crop of the image zero-padded by `data.crop_padding` pixels
-per side, and random left-right flips. Its randomness is a function of (seed, epoch, example index), so it
-does not depend on the data order or on worker processes, and a resumed run augments each example as the
-uninterrupted run would (the trainer's seeded sampler restores the order; `EpochCallback` tells the data the
-epoch).
+Augmentation (training split only, `Augmentation`): a random crop of the image zero-padded by
+`data.crop_padding` pixels per side, random left-right flips, and optionally mixup (Zhang et al., 2018,
+"mixup: Beyond Empirical Risk Minimization", eq. 1: x = λ·x_i + (1-λ)·x_j, y likewise, λ ~ Beta(α, α)) or
+CutMix (Yun et al., 2019, "CutMix", eq. 1-2: a box of area (1-λ) of the image pasted from x_j, y mixed by
+the area actually pasted). Mixing is per example, with a partner drawn from the whole training set (timm's
+"elem" mode draws it from the batch); mixed examples carry class-probability targets, which the ViT's
+loss takes (`classification_loss`). When both α are set, each mixed example uses one of the two, evenly.
+
+All randomness is a function of (seed, epoch, example index), so it does not depend on the data order or on
+worker processes, and a resumed run augments each example as the uninterrupted run would (the trainer's
+seeded sampler restores the order; `EpochCallback` tells the data the epoch).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -66,9 +74,29 @@ def channel_statistics(images: ImageSet, data: ImageDataRecipe, channels: int) -
     return mean, std
 
 
+@dataclass(frozen=True)
+class Augmentation:
+    """The training split's augmentation (the recipe's `data.*` fields of the same names)."""
+
+    crop_padding: int = 0
+    horizontal_flip: bool = False
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    mix_probability: float = 1.0
+
+    @classmethod
+    def from_recipe(cls, data: ImageDataRecipe) -> Augmentation:
+        return cls(**{name: getattr(data, name) for name in cls.__dataclass_fields__})
+
+    @property
+    def mixes(self) -> bool:
+        return (self.mixup_alpha > 0 or self.cutmix_alpha > 0) and self.mix_probability > 0
+
+
 class ImageClassificationDataset(torch.utils.data.Dataset):
     """`{"pixel_values", "labels"}` examples of an `ImageSet`, prepared as the processor does, optionally
-    augmented with (seed, epoch, index)-seeded random crops and flips."""
+    augmented (`Augmentation`) as a function of (seed, epoch, index). With mixing on, `labels` are class
+    probabilities [num_classes] for every example (one-hot where it was not mixed), else class ids."""
 
     def __init__(
         self,
@@ -76,14 +104,13 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
         processor,
         image_size: int,
         channels: int,
-        crop_padding: int = 0,
-        horizontal_flip: bool = False,
+        augmentation: Augmentation = Augmentation(),
         seed: int = 0,
     ):
         self.images, self.processor = images, processor
         self.image_size, self.channels = image_size, channels
-        self.crop_padding, self.horizontal_flip = crop_padding, horizontal_flip
-        self.seed, self.epoch = seed, 0
+        self.augmentation, self.seed, self.epoch = augmentation, seed, 0
+        self.num_classes = len(images.classes)
         self.mean = np.asarray(processor.image_mean, dtype=np.float32).reshape(-1, 1, 1)
         self.std = np.asarray(processor.image_std, dtype=np.float32).reshape(-1, 1, 1)
         stored = images.images
@@ -111,25 +138,60 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
         )
         return out["pixel_values"][0].astype(np.float32)
 
-    def augment(self, image: np.ndarray, index: int) -> np.ndarray:
+    def augmented(self, index: int) -> np.ndarray:
+        """`pixels(index)` randomly cropped and flipped (when the augmentation asks for it)."""
+        image, aug = self.pixels(index), self.augmentation
         rng = np.random.default_rng((self.seed, self.epoch, index))
-        if self.crop_padding:
-            p = self.crop_padding
+        if aug.crop_padding:
+            p = aug.crop_padding
             padded = np.pad(image, ((0, 0), (p, p), (p, p)))
             top, left = rng.integers(0, 2 * p + 1, size=2)
             image = padded[:, top : top + self.image_size, left : left + self.image_size]
-        if self.horizontal_flip and rng.random() < 0.5:
+        if aug.horizontal_flip and rng.random() < 0.5:
             image = image[:, :, ::-1]
         return image
 
+    def mixed(self, index: int, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Image `index` mixed with a partner (or not, with probability 1 - mix_probability), and its
+        class-probability target."""
+        aug = self.augmentation
+        target = np.zeros(self.num_classes, dtype=np.float32)
+        target[int(self.images.labels[index])] = 1.0
+        rng = np.random.default_rng((self.seed, self.epoch, index, 1))  # a stream apart from crop and flip
+        if rng.random() >= aug.mix_probability:
+            return image, target
+        partner = int(rng.integers(len(self)))
+        other = self.augmented(partner)
+        cutmix = aug.cutmix_alpha > 0 and (aug.mixup_alpha <= 0 or rng.random() < 0.5)
+        lam = float(
+            rng.beta(aug.cutmix_alpha, aug.cutmix_alpha)
+            if cutmix
+            else rng.beta(aug.mixup_alpha, aug.mixup_alpha)
+        )
+        if cutmix:  # a box of area (1 - λ) centred anywhere, clipped to the image; λ = the area kept
+            size = self.image_size
+            cut = int(size * np.sqrt(1.0 - lam))
+            cy, cx = rng.integers(0, size, size=2)
+            y0, y1 = np.clip([cy - cut // 2, cy + cut // 2], 0, size)
+            x0, x1 = np.clip([cx - cut // 2, cx + cut // 2], 0, size)
+            image = image.copy()
+            image[:, y0:y1, x0:x1] = other[:, y0:y1, x0:x1]
+            lam = 1.0 - (y1 - y0) * (x1 - x0) / size**2
+        else:
+            image = lam * image + (1.0 - lam) * other
+        target *= lam
+        target[int(self.images.labels[partner])] += 1.0 - lam
+        return image, target
+
     def __getitem__(self, index: int) -> dict:
-        image = self.pixels(index)
-        if self.crop_padding or self.horizontal_flip:
-            image = self.augment(image, index)
+        image = self.augmented(index)
+        label = int(self.images.labels[index])
+        if self.augmentation.mixes:
+            image, label = self.mixed(index, image)
         pixel_values = (image - self.mean) / self.std
         return {
             "pixel_values": torch.from_numpy(np.ascontiguousarray(pixel_values, dtype=np.float32)),
-            "labels": int(self.images.labels[index]),
+            "labels": torch.from_numpy(label) if isinstance(label, np.ndarray) else label,
         }
 
 
@@ -181,20 +243,25 @@ def build_vit_task(recipe: Recipe, args: TrainingArguments) -> Task:
     set_seed(recipe.train.seed)  # the initial weights depend only on the seed
     model = build_vit_model(recipe, train_images.classes)
     config = model.config
-    mean, std = channel_statistics(train_images, data, config.num_channels)
-    processor = PlaitViTImageProcessor(
-        size={"height": config.image_size, "width": config.image_size},
-        image_mean=mean,
-        image_std=std,
-        do_convert_rgb=config.num_channels == 3,
-    )
+    if recipe.model.pretrained and data.image_mean is None:  # normalise as the pretrained model saw images
+        processor = PlaitViTImageProcessor.from_pretrained(recipe.model.pretrained)
+    else:
+        mean, std = channel_statistics(train_images, data, config.num_channels)
+        processor = PlaitViTImageProcessor(
+            size={"height": config.image_size, "width": config.image_size},
+            image_mean=mean,
+            image_std=std,
+            do_convert_rgb=config.num_channels == 3,
+        )
+    callbacks = []
+    if recipe.finetune.method is not None:  # e.g. LoRA / NeRA on the pretrained ViT, a new head trained
+        from .finetune import apply_recipe_method
+
+        model, callbacks = apply_recipe_method(model, recipe)
     common = dict(processor=processor, image_size=config.image_size, channels=config.num_channels)
+    augmentation = Augmentation.from_recipe(data)
     train_dataset = ImageClassificationDataset(
-        train_images,
-        crop_padding=data.crop_padding,
-        horizontal_flip=data.horizontal_flip,
-        seed=recipe.train.seed,
-        **common,
+        train_images, augmentation=augmentation, seed=recipe.train.seed, **common
     )
     return Task(
         model=model,
@@ -204,6 +271,6 @@ def build_vit_task(recipe: Recipe, args: TrainingArguments) -> Task:
         tokens_per_sample=config.grid_size**2 + model.vit.embeddings.prefix,
         eval_dataset=ImageClassificationDataset(eval_images, **common) if eval_images is not None else None,
         compute_metrics=accuracy,
-        callbacks=[EpochCallback(train_dataset)],
+        callbacks=[EpochCallback(train_dataset), *callbacks],
         evaluate_at_end=eval_images is not None,
     )

@@ -41,10 +41,16 @@ def pixels(batch=2, size=16, channels=1):
     return torch.randn(batch, channels, size, size)
 
 
+@pytest.mark.parametrize("patch_embedding", ["linear", "conv_stem"])
 @pytest.mark.parametrize("position_embedding", ["learned", "rope2d"])
 @pytest.mark.parametrize("pooling", ["cls", "mean"])
-def test_auto_classes_round_trip_gives_identical_logits(tmp_path, position_embedding, pooling):
-    model = PlaitViTForImageClassification(vit_config(position_embedding=position_embedding, pooling=pooling))
+def test_auto_classes_round_trip_gives_identical_logits(
+    tmp_path, patch_embedding, position_embedding, pooling
+):
+    config = vit_config(
+        patch_embedding=patch_embedding, position_embedding=position_embedding, pooling=pooling
+    )
+    model = PlaitViTForImageClassification(config)
     model.eval()
     x = pixels()
     model.save_pretrained(tmp_path)
@@ -147,9 +153,11 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         torch.testing.assert_close(checkpointed[name], grad, msg=name)
 
 
+@pytest.mark.parametrize("patch_embedding", ["linear", "conv_stem"])
 @pytest.mark.parametrize("position_embedding", ["learned", "rope2d"])
-def test_other_image_sizes_with_interpolated_positions(position_embedding):
-    model = PlaitViTForImageClassification(vit_config(position_embedding=position_embedding)).eval()
+def test_other_image_sizes_with_interpolated_positions(patch_embedding, position_embedding):
+    config = vit_config(patch_embedding=patch_embedding, position_embedding=position_embedding)
+    model = PlaitViTForImageClassification(config).eval()
     x = pixels()
     same = model(x, interpolate_pos_encoding=True).logits
     torch.testing.assert_close(same, model(x).logits)  # interpolating to the trained grid changes nothing
@@ -176,6 +184,34 @@ def test_rope2d_scores_depend_only_on_the_patch_offset():
 
     torch.testing.assert_close(score(1 + 0 * 4 + 1, 1 + 2 * 4 + 0), score(1 + 1 * 4 + 3, 1 + 3 * 4 + 2))
     assert not torch.allclose(score(1, 2), score(1, 5))  # a column step and a row step differ
+
+
+def test_conv_stem_halves_the_resolution_per_stage_up_to_the_patch_grid():
+    """Xiao et al.'s stem at ViT-B/16 width: 3x3 stride-2 convs of 48-96-192-384 channels, 1x1 to 768."""
+    stem = PlaitViTModel(
+        vit_config(
+            hidden_size=768,
+            intermediate_size=64,
+            num_attention_heads=12,
+            image_size=32,
+            patch_size=16,
+            patch_embedding="conv_stem",
+        )
+    ).embeddings.projection
+    convs = [m for m in stem if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.out_channels, c.kernel_size, c.stride) for c in convs] == [
+        (48, (3, 3), (2, 2)),
+        (96, (3, 3), (2, 2)),
+        (192, (3, 3), (2, 2)),
+        (384, (3, 3), (2, 2)),
+        (768, (1, 1), (1, 1)),
+    ]
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in stem) == 4
+    assert stem(torch.randn(2, 1, 32, 32)).shape == (2, 768, 2, 2)  # the patchify grid
+    with pytest.raises(ValueError, match="patch_size=6 must be a power of two"):
+        vit_config(image_size=12, patch_size=6, patch_embedding="conv_stem")
+    with pytest.raises(ValueError, match=r"patch_embedding='hybrid'.*\['linear', 'conv_stem'\]"):
+        vit_config(patch_embedding="hybrid")
 
 
 def test_drop_path_is_active_in_training_only():

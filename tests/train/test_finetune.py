@@ -89,7 +89,9 @@ def test_finetune_recipe_validation():
         recipe_from_dict({**base, "finetune": {"method": "kan_skan", "skan_families": ["fourier"]}})
     with pytest.raises(RecipeError, match="eval.every=5 evaluates language models"):
         load_recipe("finetune-minilm-sst2", ["eval.every=5"])
-    for name in ("finetune-lm-nera", "finetune-lm-kappatune", "finetune-minilm-sst2"):
+    with pytest.raises(RecipeError, match="finetune.task='causal_lm' does not fit model.arch='plait-vit'"):
+        load_recipe("finetune-vit-digits", ["finetune.task=causal_lm"])
+    for name in ("finetune-lm-nera", "finetune-lm-kappatune", "finetune-minilm-sst2", "finetune-vit-digits"):
         assert load_recipe(name).finetune.method is not None
 
 
