@@ -75,7 +75,7 @@ def test_bad_override_and_unknown_recipe_are_cli_errors(capsys):
     assert "must look like section.key=value" in capsys.readouterr().err
     assert main(["no-such-recipe"]) == 2
     assert (
-        "shipped: 1b, finetune-lm-kappatune, finetune-lm-nera, finetune-minilm-sst2, finetune-vit-digits, small"
+        "shipped: 1b, finetune-lm-kappatune, finetune-lm-nera, finetune-minilm-sst2, finetune-vit-digits"
         in capsys.readouterr().err
     )
 
