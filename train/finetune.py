@@ -60,14 +60,26 @@ class Prepared:
     selected: list[str] = field(default_factory=list)  # KappaTune: the chosen tensors, lowest κ first
 
 
-def adapter_config(ft: FinetuneRecipe, kind: str, target_modules: list[str] | str) -> LoraConfig:
-    """The PEFT config of a LoRA ('lora') or KAN ('nera' / 'skan') adapter from the recipe's options."""
+def batch_norm_names(model: nn.Module) -> list[str]:
+    """The model's BatchNorm modules (e.g. the ViT's convolutional stem). A training-mode forward updates
+    their running statistics even when their weights are frozen, and a PEFT adapter saves only adapter
+    weights and `modules_to_save`: the statistics the model was trained with would be lost on reload. As
+    PEFT's own troubleshooting guide advises, they go into `modules_to_save` (their affine weights train
+    too)."""
+    return [name for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def adapter_config(
+    ft: FinetuneRecipe, kind: str, target_modules: list[str] | str, batch_norms: list[str] = ()
+) -> LoraConfig:
+    """The PEFT config of a LoRA ('lora') or KAN ('nera' / 'skan') adapter from the recipe's options;
+    `batch_norms` (`batch_norm_names`) are saved with it."""
     common = dict(
         r=ft.r,
         lora_alpha=ft.alpha,
         lora_dropout=ft.dropout,
         target_modules=target_modules,
-        modules_to_save=list(ft.modules_to_save) or None,
+        modules_to_save=[*ft.modules_to_save, *batch_norms] or None,
     )
     if kind == "lora":
         return LoraConfig(**common)
@@ -87,7 +99,7 @@ def apply_method(model: nn.Module, ft: FinetuneRecipe, *, kappa_cache: str | Pat
         return Prepared(model, sum(p.numel() for p in model.parameters()))
     if method in ("lora", "kan_nera", "kan_skan"):
         kind = {"lora": "lora", "kan_nera": "nera", "kan_skan": "skan"}[method]
-        model = get_peft_model(model, adapter_config(ft, kind, ft.target_modules))
+        model = get_peft_model(model, adapter_config(ft, kind, ft.target_modules, batch_norm_names(model)))
         return Prepared(model, model.get_nb_trainable_parameters()[0])
     if method not in ("kappatune", "kappatune+lora", "kappatune+kan"):
         raise RecipeError(f"finetune.method={method!r} is not a fine-tuning method")
@@ -110,7 +122,8 @@ def apply_method(model: nn.Module, ft: FinetuneRecipe, *, kappa_cache: str | Pat
         trainable = kappatune.freeze_all_but(model, selected + saved)
         return Prepared(model, trainable, selected)
     kind = "lora" if method == "kappatune+lora" else "nera"
-    model = get_peft_model(model, adapter_config(ft, kind, kappatune.module_targets(selected)))
+    targets = kappatune.module_targets(selected)
+    model = get_peft_model(model, adapter_config(ft, kind, targets, batch_norm_names(model)))
     return Prepared(model, model.get_nb_trainable_parameters()[0], selected)
 
 

@@ -224,3 +224,47 @@ def test_image_classification_with_lora_trains_and_saves_a_loadable_adapter(tmp_
     torch.testing.assert_close(
         model(pixel_values=pixels).logits, result.trainer.model.eval()(pixel_values=pixels).logits
     )
+
+
+@pytest.mark.parametrize("method", ["lora", "kan_nera"])
+def test_adapters_save_the_batch_norm_statistics_they_trained_with(method, tmp_path):
+    """A ViT with the convolutional stem: training updates its BatchNorm statistics, so the saved adapter
+    carries them and the reloaded model computes exactly the trained one."""
+    from peft import PeftModel
+
+    from plait.modeling import PlaitViTConfig, PlaitViTForImageClassification
+    from plait.modeling.adapters import load_kan_adapter
+    from plait.train.finetune import apply_method
+    from plait.train.recipe import FinetuneRecipe
+
+    config = PlaitViTConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=16,
+        patch_size=4,
+        num_channels=1,
+        num_labels=3,
+        patch_embedding="conv_stem",
+    )
+    torch.manual_seed(0)
+    PlaitViTForImageClassification(config).save_pretrained(tmp_path / "base")
+    base = PlaitViTForImageClassification.from_pretrained(tmp_path / "base")
+    ft = FinetuneRecipe(
+        method=method, target_modules=["q_proj", "v_proj"], modules_to_save=["classifier"], r=2
+    )
+    model = apply_method(base, ft).model
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    for _ in range(3):  # shifted inputs: the BatchNorm running statistics move away from their init
+        loss = model(pixel_values=torch.randn(8, 1, 16, 16) * 3 + 2, labels=torch.randint(0, 3, (8,))).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.save_pretrained(tmp_path / "adapter")
+    fresh = PlaitViTForImageClassification.from_pretrained(tmp_path / "base")
+    load = load_kan_adapter if method == "kan_nera" else PeftModel.from_pretrained
+    reloaded = load(fresh, tmp_path / "adapter").eval()
+    pixels = torch.randn(2, 1, 16, 16) * 3 + 2
+    torch.testing.assert_close(reloaded(pixel_values=pixels).logits, model.eval()(pixel_values=pixels).logits)
