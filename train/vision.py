@@ -163,11 +163,8 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
         partner = int(rng.integers(len(self)))
         other = self.augmented(partner)
         cutmix = aug.cutmix_alpha > 0 and (aug.mixup_alpha <= 0 or rng.random() < 0.5)
-        lam = float(
-            rng.beta(aug.cutmix_alpha, aug.cutmix_alpha)
-            if cutmix
-            else rng.beta(aug.mixup_alpha, aug.mixup_alpha)
-        )
+        alpha = aug.cutmix_alpha if cutmix else aug.mixup_alpha
+        lam = float(rng.beta(alpha, alpha))
         if cutmix:  # a box of area (1 - λ) centred anywhere, clipped to the image; λ = the area kept
             size = self.image_size
             cut = int(size * np.sqrt(1.0 - lam))
