@@ -66,6 +66,15 @@ def triton_runs_on(x: torch.Tensor | torch.device | str) -> bool:
     return HAS_TRITON and (_device_type(x) == "cuda" or interpreting())
 
 
+def dot_precision(dtype: torch.dtype) -> str:
+    """`input_precision` for the kernels' `tl.dot`: on fp32 operands Triton defaults to TF32 (about 3e-4
+    relative error), so fp32 runs IEEE products unless PyTorch's own matmuls are allowed TF32
+    (`torch.backends.cuda.matmul.allow_tf32`); other dtypes keep Triton's default."""
+    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+        return "ieee"
+    return "tf32"
+
+
 def require_triton(x: torch.Tensor | torch.device | str, what: str) -> None:
     """Raise a clear error when a `*_triton` function is called where no kernel can run."""
     if not triton_runs_on(x):
@@ -73,4 +82,13 @@ def require_triton(x: torch.Tensor | torch.device | str, what: str) -> None:
         raise RuntimeError(f"{what} needs CUDA tensors and Triton (or TRITON_INTERPRET=1 on CPU): {reason}")
 
 
-__all__ = ["HAS_TRITON", "interpreting", "require_triton", "tl", "triton", "triton_runs_on", "use_triton"]
+__all__ = [
+    "HAS_TRITON",
+    "dot_precision",
+    "interpreting",
+    "require_triton",
+    "tl",
+    "triton",
+    "triton_runs_on",
+    "use_triton",
+]

@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from .backend import require_triton, tl, triton, use_triton
+from .backend import dot_precision, require_triton, tl, triton, use_triton
 
 
 def kan_hat_naive(
@@ -45,7 +45,19 @@ def kan_hat_naive(
 
 @triton.jit
 def _hat_fwd_kernel(
-    X, S, T, C, Z, N, D, R, K: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BR: tl.constexpr
+    X,
+    S,
+    T,
+    C,
+    Z,
+    N,
+    D,
+    R,
+    K: tl.constexpr,
+    BN: tl.constexpr,
+    BD: tl.constexpr,
+    BR: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     rn = tl.program_id(0) * BN + tl.arange(0, BN)
     rr = tl.program_id(1) * BR + tl.arange(0, BR)
@@ -64,7 +76,7 @@ def _hat_fwd_kernel(
                 mask=dmask[:, None] & (rr[None, :] < R),
                 other=0.0,
             )
-            acc += tl.dot(b, c.to(tl.float32))  # padded D lanes have c = 0
+            acc += tl.dot(b, c.to(tl.float32), input_precision=DOT_PRECISION)  # padded D lanes have c = 0
     tl.store(
         Z + rn[:, None] * R + rr[None, :],
         acc.to(Z.dtype.element_ty),
@@ -74,7 +86,19 @@ def _hat_fwd_kernel(
 
 @triton.jit
 def _hat_bwd_coeff_kernel(
-    X, S, T, G, DC, N, D, R, K: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BR: tl.constexpr
+    X,
+    S,
+    T,
+    G,
+    DC,
+    N,
+    D,
+    R,
+    K: tl.constexpr,
+    BN: tl.constexpr,
+    BD: tl.constexpr,
+    BR: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     rd = tl.program_id(0) * BD + tl.arange(0, BD)
     rr = tl.program_id(1) * BR + tl.arange(0, BR)
@@ -89,7 +113,9 @@ def _hat_bwd_coeff_kernel(
         x = tl.load(X + rn[:, None] * D + rd[None, :], mask=nmask[:, None] & dmask[None, :], other=0.0)
         b = tl.maximum(1.0 - tl.abs(x.to(tl.float32) * s[None, :] - t[None, :]), 0.0)
         g = tl.load(G + rn[:, None] * R + rr[None, :], mask=nmask[:, None] & (rr[None, :] < R), other=0.0)
-        acc += tl.dot(tl.trans(b), g.to(tl.float32))  # padded N rows have g = 0
+        acc += tl.dot(
+            tl.trans(b), g.to(tl.float32), input_precision=DOT_PRECISION
+        )  # padded N rows have g = 0
     tl.store(DC + (rd[:, None] * K + k) * R + rr[None, :], acc, mask=dmask[:, None] & (rr[None, :] < R))
 
 
@@ -110,6 +136,7 @@ def _hat_bwd_input_kernel(
     BN: tl.constexpr,
     BD: tl.constexpr,
     BR: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     rn = pid_n * BN + tl.arange(0, BN)
@@ -132,7 +159,9 @@ def _hat_bwd_input_kernel(
                 mask=rmask[:, None] & dmask[None, :],
                 other=0.0,
             )
-            db += tl.dot(g.to(tl.float32), c.to(tl.float32))  # c loaded transposed: [BR, BD]
+            db += tl.dot(
+                g.to(tl.float32), c.to(tl.float32), input_precision=DOT_PRECISION
+            )  # c loaded transposed: [BR, BD]
         v = u - t[None, :]
         slope = tl.where(tl.abs(v) < 1.0, tl.where(v > 0, -1.0, tl.where(v < 0, 1.0, 0.0)), 0.0)
         contrib = tl.where(mask, db * slope, 0.0)
@@ -157,8 +186,9 @@ class KanHatFunction(torch.autograd.Function):
         n = x2.shape[0]
         z = torch.empty(n, r, device=x.device, dtype=x.dtype)
         bn, bd, br = _blocks(d, r)
+        precision = dot_precision(torch.float32)  # the basis and coefficients meet in fp32
         _hat_fwd_kernel[(triton.cdiv(n, bn), triton.cdiv(r, br))](
-            x2, scale, knots, coeff, z, n, d, r, K=k, BN=bn, BD=bd, BR=br
+            x2, scale, knots, coeff, z, n, d, r, K=k, BN=bn, BD=bd, BR=br, DOT_PRECISION=precision
         )
         ctx.save_for_backward(x2, scale, knots, coeff)
         ctx.lead = lead
@@ -171,16 +201,32 @@ class KanHatFunction(torch.autograd.Function):
         n = x2.shape[0]
         g = dz.reshape(n, r).contiguous()
         bn, bd, br = _blocks(d, r)
+        precision = dot_precision(torch.float32)  # the basis and coefficients meet in fp32
         dc = torch.empty(d, k, r, device=x2.device, dtype=torch.float32)
         _hat_bwd_coeff_kernel[(triton.cdiv(d, bd), triton.cdiv(r, br), k)](
-            x2, scale, knots, g, dc, n, d, r, K=k, BN=bn, BD=bd, BR=br
+            x2, scale, knots, g, dc, n, d, r, K=k, BN=bn, BD=bd, BR=br, DOT_PRECISION=precision
         )
         tiles_n = triton.cdiv(n, bn)
         dx = torch.empty_like(x2)
         ds_part = torch.empty(tiles_n, d, device=x2.device, dtype=torch.float32)
         dt_part = torch.empty(tiles_n, d, k, device=x2.device, dtype=torch.float32)
         _hat_bwd_input_kernel[(tiles_n, triton.cdiv(d, bd))](
-            x2, scale, knots, coeff, g, dx, ds_part, dt_part, n, d, r, K=k, BN=bn, BD=bd, BR=br
+            x2,
+            scale,
+            knots,
+            coeff,
+            g,
+            dx,
+            ds_part,
+            dt_part,
+            n,
+            d,
+            r,
+            K=k,
+            BN=bn,
+            BD=bd,
+            BR=br,
+            DOT_PRECISION=precision,
         )
         return (
             dx.reshape(*ctx.lead, d),

@@ -40,7 +40,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .backend import interpreting, require_triton, tl, triton, use_triton
+from .backend import dot_precision, interpreting, require_triton, tl, triton, use_triton
 
 FIRST_ROWS_WITHOUT_OFFSET = 3  # LSSAR: O_i = 0 for rows that see at most this many keys
 
@@ -179,6 +179,7 @@ def _lssa_fwd_kernel(
     REWEIGHT: tl.constexpr,
     HAS_MASK: tl.constexpr,
     CAUSAL: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -211,7 +212,7 @@ def _lssa_fwd_kernel(
                 mask=(offs_n[:, None] < kv_len) & d_ok[None, :],
                 other=0.0,
             )
-            s = tl.dot(q, tl.trans(k))
+            s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
             vis = _visible(offs_m, offs_n, q_len, kv_len, mask_ptr, stride_mq, stride_mk, HAS_MASK, CAUSAL)
             a = tl.where(vis, _softplus(c[:, None] * s), 0.0)
             z += tl.sum(a, axis=1)
@@ -227,13 +228,13 @@ def _lssa_fwd_kernel(
             kv_ok = (offs_n[:, None] < kv_len) & d_ok[None, :]
             k = tl.load(K + k_base + offs_n[:, None] * head_dim + offs_d[None, :], mask=kv_ok, other=0.0)
             v = tl.load(V + k_base + offs_n[:, None] * head_dim + offs_d[None, :], mask=kv_ok, other=0.0)
-            s = tl.dot(q, tl.trans(k))
+            s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
             vis = _visible(offs_m, offs_n, q_len, kv_len, mask_ptr, stride_mq, stride_mk, HAS_MASK, CAUSAL)
             a = tl.where(vis, _softplus(c[:, None] * s), 0.0)
             w, t, ratio = _reweight(a, n, inv_z, offset, m_safe, degenerate, power)
             w = tl.where(vis, w, 0.0)
             total += tl.sum(w, axis=1)
-            acc += tl.dot(w.to(v.dtype), v)
+            acc += tl.dot(w.to(v.dtype), v, input_precision=DOT_PRECISION)
         tl.store(M + row_off + offs_m, m, mask=offs_m < q_len)
         tl.store(S + row_off + offs_m, total, mask=offs_m < q_len)
     else:
@@ -242,11 +243,11 @@ def _lssa_fwd_kernel(
             kv_ok = (offs_n[:, None] < kv_len) & d_ok[None, :]
             k = tl.load(K + k_base + offs_n[:, None] * head_dim + offs_d[None, :], mask=kv_ok, other=0.0)
             v = tl.load(V + k_base + offs_n[:, None] * head_dim + offs_d[None, :], mask=kv_ok, other=0.0)
-            s = tl.dot(q, tl.trans(k))
+            s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
             vis = _visible(offs_m, offs_n, q_len, kv_len, mask_ptr, stride_mq, stride_mk, HAS_MASK, CAUSAL)
             a = tl.where(vis, _softplus(c[:, None] * s), 0.0)
             z += tl.sum(a, axis=1)
-            acc += tl.dot(a.to(v.dtype), v)
+            acc += tl.dot(a.to(v.dtype), v, input_precision=DOT_PRECISION)
         total = z
     tl.store(Z + row_off + offs_m, z, mask=offs_m < q_len)
     inv_total = tl.where(total > 0, 1.0 / tl.where(total > 0, total, 1.0), 0.0)
@@ -309,6 +310,7 @@ def _lssa_bwd_dq_kernel(
     REWEIGHT: tl.constexpr,
     HAS_MASK: tl.constexpr,
     CAUSAL: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -337,8 +339,8 @@ def _lssa_bwd_dq_kernel(
             kv_ok = (offs_n[:, None] < kv_len) & d_ok[None, :]
             k = tl.load(K + k_base + offs_n[:, None] * head_dim + offs_d[None, :], mask=kv_ok, other=0.0)
             v = tl.load(V + k_base + offs_n[:, None] * head_dim + offs_d[None, :], mask=kv_ok, other=0.0)
-            s = tl.dot(q, tl.trans(k))
-            dp = tl.dot(do, tl.trans(v))
+            s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+            dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
             vis = _visible(offs_m, offs_n, q_len, kv_len, mask_ptr, stride_mq, stride_mk, HAS_MASK, CAUSAL)
             final, weights, g = _grad_weights(
                 s, vis, c, n, inv_z, offset, m_safe, degenerate, inv_total, dp, delta, power, REWEIGHT
@@ -353,14 +355,14 @@ def _lssa_bwd_dq_kernel(
         kv_ok = (offs_n[:, None] < kv_len) & d_ok[None, :]
         k = tl.load(K + k_base + offs_n[:, None] * head_dim + offs_d[None, :], mask=kv_ok, other=0.0)
         v = tl.load(V + k_base + offs_n[:, None] * head_dim + offs_d[None, :], mask=kv_ok, other=0.0)
-        s = tl.dot(q, tl.trans(k))
-        dp = tl.dot(do, tl.trans(v))
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
         vis = _visible(offs_m, offs_n, q_len, kv_len, mask_ptr, stride_mq, stride_mk, HAS_MASK, CAUSAL)
         final, weights, g = _grad_weights(
             s, vis, c, n, inv_z, offset, m_safe, degenerate, inv_total, dp, delta, power, REWEIGHT
         )
         ds = tl.where(vis, c[:, None] * tl.sigmoid(c[:, None] * s) * (g - e[:, None]) * inv_z[:, None], 0.0)
-        dq += tl.dot(ds.to(k.dtype), k)
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
     tl.store(
         DQ + q_base + offs_m[:, None] * head_dim + offs_d[None, :], dq.to(DQ.dtype.element_ty), mask=q_ok
     )
@@ -396,6 +398,7 @@ def _lssa_bwd_dkdv_kernel(
     REWEIGHT: tl.constexpr,
     HAS_MASK: tl.constexpr,
     CAUSAL: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     bh = tl.program_id(1)
@@ -425,15 +428,15 @@ def _lssa_bwd_dkdv_kernel(
         inv_total = tl.where(total > 0, 1.0 / tl.where(total > 0, total, 1.0), 0.0)
         delta = tl.load(Delta + row_off + offs_m, mask=offs_m < q_len, other=0.0)
         e = tl.load(E + row_off + offs_m, mask=offs_m < q_len, other=0.0)
-        s = tl.dot(q, tl.trans(k))
-        dp = tl.dot(do, tl.trans(v))
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
         vis = _visible(offs_m, offs_n, q_len, kv_len, mask_ptr, stride_mq, stride_mk, HAS_MASK, CAUSAL)
         final, weights, g = _grad_weights(
             s, vis, c, n, inv_z, offset, m_safe, degenerate, inv_total, dp, delta, power, REWEIGHT
         )
-        dv += tl.dot(tl.trans(final.to(do.dtype)), do)
+        dv += tl.dot(tl.trans(final.to(do.dtype)), do, input_precision=DOT_PRECISION)
         ds = tl.where(vis, c[:, None] * tl.sigmoid(c[:, None] * s) * (g - e[:, None]) * inv_z[:, None], 0.0)
-        dk += tl.dot(tl.trans(ds.to(q.dtype)), q)
+        dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=DOT_PRECISION)
     tl.store(
         DK + k_base + offs_n[:, None] * head_dim + offs_d[None, :], dk.to(DK.dtype.element_ty), mask=kv_ok
     )
@@ -442,10 +445,23 @@ def _lssa_bwd_dkdv_kernel(
     )
 
 
-def _block_sizes(head_dim: int) -> tuple[int, int, int]:
+# CUDA launch shapes: square BLOCK×BLOCK tiles, warps per program and software-pipelining depth, for the
+# forward and for both backward kernels (bench/gpu_kernels.py sweeps them on an H100).
+CUDA_LAUNCH = {
+    "fwd": {"block": 64, "num_warps": 4, "num_stages": 2},
+    "bwd": {"block": 64, "num_warps": 4, "num_stages": 2},
+}
+
+
+def _launch(head_dim: int, phase: str) -> tuple[tuple[int, int, int], dict]:
+    """((BLOCK_M, BLOCK_N, BLOCK_D), launch options) for `phase` "fwd" or "bwd"; the interpreter runs 16-wide
+    tiles (its cost grows with the tile, and small tiles exercise the multi-tile paths in tests)."""
     block_d = max(16, triton.next_power_of_2(head_dim))
-    block = 16 if interpreting() else 64
-    return block, block, block_d
+    if interpreting():
+        return (16, 16, block_d), {}
+    options = CUDA_LAUNCH[phase]
+    block = options["block"]
+    return (block, block, block_d), {"num_warps": options["num_warps"], "num_stages": options["num_stages"]}
 
 
 class LSSAFunction(torch.autograd.Function):
@@ -458,7 +474,7 @@ class LSSAFunction(torch.autograd.Function):
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         out = torch.empty_like(q)
         stats = torch.zeros(3, batch * heads, q_len, device=q.device, dtype=torch.float32)  # z, m, S
-        block_m, block_n, block_d = _block_sizes(head_dim)
+        (block_m, block_n, block_d), options = _launch(head_dim, "fwd")
         mask_u8, strides = _mask_args(mask, q)
         grid = (triton.cdiv(q_len, block_m), batch * heads)
         _lssa_fwd_kernel[grid](
@@ -484,6 +500,8 @@ class LSSAFunction(torch.autograd.Function):
             REWEIGHT=reweight,
             HAS_MASK=mask is not None,
             CAUSAL=causal and mask is None,
+            DOT_PRECISION=dot_precision(q.dtype),
+            **options,
         )
         if not reweight:
             stats[2] = stats[0]
@@ -501,7 +519,7 @@ class LSSAFunction(torch.autograd.Function):
         delta = (dout.float() * out.float()).sum(-1).reshape(batch * heads, q_len).contiguous()
         e = torch.empty_like(delta) if ctx.reweight else delta
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        block_m, block_n, block_d = _block_sizes(head_dim)
+        (block_m, block_n, block_d), options = _launch(head_dim, "bwd")
         strides = _mask_strides(mask_u8, ctx.has_mask)
         common = dict(
             BLOCK_M=block_m,
@@ -510,6 +528,8 @@ class LSSAFunction(torch.autograd.Function):
             REWEIGHT=ctx.reweight,
             HAS_MASK=ctx.has_mask,
             CAUSAL=ctx.causal,
+            DOT_PRECISION=dot_precision(q.dtype),
+            **options,
         )
         args = (
             n,

@@ -91,6 +91,12 @@ def _polynorm_bwd_kernel(
     tl.store(DWB + row * 4 + 3, tl.sum(g, axis=0))
 
 
+def _num_warps(block: int) -> int:
+    """Warps per row program: one row of `block` columns spread so each thread holds ~16 elements
+    (bench/gpu_kernels.py sweeps this on an H100)."""
+    return min(16, max(1, block // 512))
+
+
 class PolyNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, eps=1e-6):
@@ -101,7 +107,17 @@ class PolyNormFunction(torch.autograd.Function):
         rstd = torch.empty(rows, 3, device=x.device, dtype=torch.float32)
         block = triton.next_power_of_2(cols)
         _polynorm_fwd_kernel[(rows,)](
-            x2d, y, weight, bias, rstd, cols, x2d.stride(0), y.stride(0), eps, BLOCK=block
+            x2d,
+            y,
+            weight,
+            bias,
+            rstd,
+            cols,
+            x2d.stride(0),
+            y.stride(0),
+            eps,
+            BLOCK=block,
+            num_warps=_num_warps(block),
         )
         ctx.save_for_backward(x2d, weight, rstd)
         ctx.shape, ctx.block = shape, block
@@ -126,6 +142,7 @@ class PolyNormFunction(torch.autograd.Function):
             dy2d.stride(0),
             dx.stride(0),
             BLOCK=ctx.block,
+            num_warps=_num_warps(ctx.block),
         )
         sums = dwb.sum(0)
         return dx.view(ctx.shape), sums[:3].to(weight.dtype), sums[3:].to(weight.dtype), None
