@@ -25,13 +25,13 @@ def test_dispatcher_uses_reference_on_cpu():
 
 
 @pytest.mark.parametrize("shape", [(2, 5, 24, 3, 4), (37, 70, 8, 20)])  # (*lead, D, K, R): padded D, N and R
-def test_triton_forward_and_gradients_match_reference(shape):
+def test_triton_forward_and_gradients_match_reference(shape, device):
     *lead, d, k, r = shape
-    x = torch.randn(*lead, d) * 2
-    scale = torch.rand(d) + 0.5
-    knots = torch.linspace(-3, 3, k).repeat(d, 1) + 0.05 * torch.randn(d, k)
-    coeff = torch.randn(d, k, r)
-    grad = torch.randn(*lead, r)
+    x = torch.randn(*lead, d, device=device) * 2
+    scale = torch.rand(d, device=device) + 0.5
+    knots = torch.linspace(-3, 3, k, device=device).repeat(d, 1) + 0.05 * torch.randn(d, k, device=device)
+    coeff = torch.randn(d, k, r, device=device)
+    grad = torch.randn(*lead, r, device=device)
     results = []
     for fn in (kan_hat_naive, kan_hat_triton):
         inputs = [t.clone().requires_grad_() for t in (x, scale, knots, coeff)]

@@ -11,7 +11,7 @@ from plait.kernels.linear_scan import (
 )
 
 
-def _system(block: bool, T: int, seed: int = 0):
+def _system(block: bool, T: int, seed: int = 0, device: str = "cpu"):
     g = torch.Generator().manual_seed(seed)
     if block:  # 2×2 per channel with spectral radius < 1 (entries in [-0.45, 0.45])
         A = (torch.rand(2, T, 6, 2, 2, generator=g) - 0.5) * 0.9
@@ -19,7 +19,7 @@ def _system(block: bool, T: int, seed: int = 0):
     else:  # diagonal, negative entries included (the ParaGRU Jacobian can be negative)
         A = torch.rand(2, T, 6, generator=g) * 1.9 - 0.95
         b = torch.randn(2, T, 6, generator=g)
-    return A, b
+    return A.to(device), b.to(device)
 
 
 @pytest.mark.parametrize("block", [False, True])
@@ -34,8 +34,8 @@ def test_parallel_matches_sequential(block, T, reverse):
 @pytest.mark.parametrize("block", [False, True])
 @pytest.mark.parametrize("T,block_t", [(1, None), (13, None), (40, 16)])  # block_t < T: chunked
 @pytest.mark.parametrize("reverse", [False, True])
-def test_triton_matches_sequential(block, T, block_t, reverse):
-    A, b = _system(block, T, seed=1)
+def test_triton_matches_sequential(block, T, block_t, reverse, device):
+    A, b = _system(block, T, seed=1, device=device)
     ref = linear_scan_sequential(A, b, reverse=reverse)
     out = linear_scan_triton(A, b, reverse=reverse, block_t=block_t, block_d=4)  # 6 channels: a partial block
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)

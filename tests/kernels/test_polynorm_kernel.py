@@ -28,11 +28,11 @@ def test_dispatcher_uses_reference_on_cpu():
 
 
 @pytest.mark.parametrize("shape", [(5, 37), (2, 3, 64)])
-def test_triton_forward_and_gradients_match_reference(shape):
+def test_triton_forward_and_gradients_match_reference(shape, device):
     torch.manual_seed(0)
-    x = torch.randn(*shape, dtype=torch.float64).float()
-    weight, bias = torch.tensor([0.3, -0.2, 0.7]), torch.tensor([0.1])
-    grad = torch.randn(*shape)
+    x = torch.randn(*shape, device=device)
+    weight, bias = torch.tensor([0.3, -0.2, 0.7], device=device), torch.tensor([0.1], device=device)
+    grad = torch.randn(*shape, device=device)
     results = []
     for fn in (polynorm_naive, polynorm_triton):
         xi, wi, bi = (t.clone().requires_grad_() for t in (x, weight, bias))
@@ -45,10 +45,11 @@ def test_triton_forward_and_gradients_match_reference(shape):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("fn", [polynorm_naive, polynorm_triton])
-def test_half_precision_large_activations_stay_finite(fn, dtype):
+def test_half_precision_large_activations_stay_finite(fn, dtype, device):
     # |x| = 40: x^6 ≈ 4e9 overflows fp16 (max 65504); the fp32 row sums must keep the output finite.
-    x = (torch.randn(4, 33) * 40).to(dtype).requires_grad_()
-    w, b = torch.full((3,), 1 / 3, requires_grad=True), torch.zeros(1, requires_grad=True)
+    x = (torch.randn(4, 33, device=device) * 40).to(dtype).requires_grad_()
+    w = torch.full((3,), 1 / 3, device=device, requires_grad=True)
+    b = torch.zeros(1, device=device, requires_grad=True)
     y = fn(x, w, b)
     assert y.dtype == dtype and torch.isfinite(y).all()
     ref = polynorm_naive(x.detach().float(), w.detach(), b.detach())

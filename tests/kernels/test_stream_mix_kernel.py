@@ -18,9 +18,9 @@ def leaves(*tensors):
 
 
 @pytest.mark.parametrize("n,c", [(4, 200), (3, 24)])
-def test_pre_mix_matches_reference(n, c):
+def test_pre_mix_matches_reference(n, c, device):
     torch.manual_seed(0)
-    (xa, ha), (xb, hb) = leaves(torch.randn(2, 9, n, c), torch.randn(2, 9, n))
+    (xa, ha), (xb, hb) = leaves(torch.randn(2, 9, n, c, device=device), torch.randn(2, 9, n, device=device))
     out_a, out_b = pre_mix_triton(xa, ha), pre_mix_naive(xb, hb)
     torch.testing.assert_close(out_a, out_b, atol=1e-5, rtol=1e-5)
     g = torch.randn_like(out_a)
@@ -31,9 +31,10 @@ def test_pre_mix_matches_reference(n, c):
 
 
 @pytest.mark.parametrize("n,c", [(4, 200), (3, 24)])
-def test_post_res_mix_matches_reference(n, c):
+def test_post_res_mix_matches_reference(n, c, device):
     torch.manual_seed(1)
-    tensors = torch.randn(2, 9, n, c), torch.randn(2, 9, c), torch.randn(2, 9, n), torch.randn(2, 9, n, n)
+    shapes = (2, 9, n, c), (2, 9, c), (2, 9, n), (2, 9, n, n)
+    tensors = [torch.randn(*shape, device=device) for shape in shapes]
     a, b = leaves(*tensors)
     out_a, out_b = post_res_mix_triton(*a), post_res_mix_naive(*b)
     torch.testing.assert_close(out_a, out_b, atol=1e-5, rtol=1e-5)
@@ -44,10 +45,10 @@ def test_post_res_mix_matches_reference(n, c):
         torch.testing.assert_close(ta.grad, tb.grad, atol=1e-4, rtol=1e-5)
 
 
-def test_static_coefficients_broadcast_and_bf16_state():
+def test_static_coefficients_broadcast_and_bf16_state(device):
     torch.manual_seed(2)
-    x, y = torch.randn(2, 5, 4, 16).bfloat16(), torch.randn(2, 5, 16).bfloat16()
-    h_pre, h_post, h_res = torch.rand(4), torch.rand(4), torch.rand(4, 4)
+    x, y = torch.randn(2, 5, 4, 16, device=device).bfloat16(), torch.randn(2, 5, 16, device=device).bfloat16()
+    h_pre, h_post, h_res = (torch.rand(*shape, device=device) for shape in ((4,), (4,), (4, 4)))
     torch.testing.assert_close(pre_mix_triton(x, h_pre), pre_mix_naive(x, h_pre))
     out = post_res_mix_triton(x, y, h_post, h_res)
     assert out.dtype == torch.bfloat16
