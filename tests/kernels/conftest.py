@@ -13,8 +13,8 @@ def device() -> str:
 @pytest.fixture
 def skip_interpreted_bf16_dot(device):
     """Call with a dtype: skips a kernel check whose `tl.dot` takes bf16 operands under the interpreter, which
-    multiplies them wrongly (seen with triton 3.x: a 16×16 bf16 product off by ~1e10; fp16 and fp32 are
-    exact). Such checks run on CUDA."""
+    multiplies their raw bit patterns (a 16×16 bf16 product off by ~1e10 here, fp16 and fp32 exact;
+    triton-lang/triton#11584: bf16 is "not supported yet" there). Such checks run on CUDA."""
 
     def check(dtype: torch.dtype) -> None:
         if device != "cuda" and dtype == torch.bfloat16:
