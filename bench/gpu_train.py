@@ -45,8 +45,7 @@ VARIANTS = {
     "plain": {},
     "mhc": {"residual": "mhc", "hc_streams": 4},
     "kromhc": {"residual": "kromhc", "hc_streams": 4},
-    # PolyNorm's MLP has two matrices: 1.5× the width keeps SwiGLU's parameter count.
-    "polynorm": {"mlp_act": "polynorm", "intermediate_size": 8448},
+    "polynorm": {"mlp_act": "polynorm"},  # polycom_scale_ffn (default): 1.5× width, SwiGLU's parameter count
     "lssa": {"attention": "lssa"},
     "lssar": {"attention": "lssar"},
     "pararnn_hybrid": {"layer_types": ["pararnn_gru" if i % 4 == 3 else "full_attention" for i in range(24)]},
