@@ -6,7 +6,8 @@
 3. Each kernel's forward + backward against its PyTorch reference and its floor: bytes each input read once
    and each output written once ÷ the measured bandwidth, or FLOPs ÷ the measured matrix throughput.
    Launch shapes are swept (`--sweep`) and the best recorded.
-4. ParaRNN (`bench/pararnn.py`): `triton` against `sequential` and `parallel`.
+4. The linear scans alone (launch swept), then ParaRNN (`bench/pararnn.py`): `triton` against `sequential`
+   and `parallel`.
 Times are `triton.testing.do_bench` medians (CUDA events) on random inputs. A short table is printed last;
 the JSON goes to `--out` (device, versions, shapes, every number).
 
@@ -39,8 +40,10 @@ import triton
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from triton.testing import do_bench
 
+from plait.kernels import linear_scan as scan_module
 from plait.kernels import lssa as lssa_module
 from plait.kernels import polynorm as polynorm_module
+from plait.kernels.linear_scan import linear_scan_parallel, linear_scan_triton
 from plait.kernels.lssa import lssa_triton
 from plait.kernels.polynorm import polynorm_naive, polynorm_triton
 from plait.kernels.sinkhorn import sinkhorn_naive, sinkhorn_triton
@@ -259,6 +262,41 @@ def dense_layer_ms(tokens: int, hidden: int, seq: int = 4096) -> dict:
     return {"ms": median_ms(fwd_bwd(forward, [x])), "intermediate": inter, "heads": heads, "seq": seq}
 
 
+def bench_scan(ceil: dict, batch: int, length: int, width: int, sweep: bool) -> dict:
+    """ParaRNN's inner solve alone (fp32, forward only: it is a plain solve), diagonal and 2×2-block systems,
+    against the PyTorch parallel scan and the floor (read A and b once, write h once)."""
+    out = {"batch": batch, "length": length, "width": width}
+    for kind in ("diag", "block"):
+        extra = (2, 2) if kind == "block" else ()
+        A = (torch.rand(batch, length, width, *extra, device="cuda") - 0.5) * 1.8 / (2 if extra else 1)
+        b = torch.randn(batch, length, width, *extra[:1], device="cuda")
+        row = {**floor_ms(ceil, bytes_moved=(A.numel() + 2 * b.numel()) * 4)}
+        row["parallel_ms"] = median_ms(lambda A=A, b=b: linear_scan_parallel(A, b))
+        default = dict(scan_module.CUDA_LAUNCH[kind])
+        row["default_ms"] = median_ms(lambda A=A, b=b: linear_scan_triton(A, b))
+        row["default_launch"] = default
+        best = (row["default_ms"], default)
+        if sweep:
+            row["sweep"] = []
+            for block_t in (64, 128, 256, 512, 1024):
+                for block_d in (16, 32, 64):
+                    for warps in (4, 8):
+                        launch = {"block_t": block_t, "block_d": block_d, "num_warps": warps}
+                        scan_module.CUDA_LAUNCH[kind] = launch
+                        try:
+                            ms = median_ms(lambda A=A, b=b: linear_scan_triton(A, b))
+                        except Exception as error:
+                            row["sweep"].append({"launch": launch, "error": repr(error)[:200]})
+                            continue
+                        row["sweep"].append({"launch": launch, "ms": ms})
+                        best = min(best, (ms, launch), key=lambda x: x[0])
+            scan_module.CUDA_LAUNCH[kind] = default
+        row["best_ms"], row["best_launch"] = best
+        row["ratio_to_floor"] = row["best_ms"] / row["floor_ms"]
+        out[kind] = row
+    return out
+
+
 def run_pararnn(out_dir: Path) -> dict:
     path = out_dir / "pararnn_gpu.json"
     cmd = [sys.executable, str(ROOT / "bench/pararnn.py"), "--out", str(path), "--repeats", "3"]
@@ -297,6 +335,13 @@ def table(report: dict) -> str:
             f"of a dense layer ({h['dense_layer']['ms']:.2f} ms); kromhc "
             f"{100 * h['kromhc_site_overhead']:.1f}%; floor {100 * h['floor_overhead']:.1f}%"
         )
+    for kind in ("diag", "block"):
+        r = report.get("scan", {}).get(kind)
+        if r:
+            lines.append(
+                f"scan {kind} 4x4096x2048 fp32: {r['best_ms']:.3f} ms ({r['ratio_to_floor']:.2f}x floor), "
+                f"parallel PyTorch {r['parallel_ms']:.3f} ms"
+            )
     for row in report.get("pararnn", {}).get("results", []):
         if row["length"] == 4096:
             lines.append(
@@ -314,7 +359,10 @@ def main():
     parser.add_argument("--out", required=True)
     parser.add_argument("--sweep", action="store_true", help="sweep launch shapes (LSSA, PolyNorm)")
     parser.add_argument(
-        "--skip", nargs="*", default=[], help="parts to skip: tests polynorm attention hc pararnn"
+        "--skip",
+        nargs="*",
+        default=[],
+        help="parts to skip: kernel_tests polynorm attention hyper_connections scan pararnn",
     )
     args = parser.parse_args()
     assert torch.cuda.is_available(), "bench/gpu_kernels.py needs a CUDA GPU"
@@ -351,6 +399,7 @@ def main():
     part("polynorm", lambda: bench_polynorm(ceil, 16384, 4096, args.sweep))
     part("attention", lambda: bench_attention(ceil, 2, 16, 8192, 128, args.sweep))
     part("hyper_connections", lambda: bench_hyper_connections(ceil, 16384, 4, 4096))
+    part("scan", lambda: bench_scan(ceil, 4, 4096, 2048, args.sweep))
     part("pararnn", lambda: run_pararnn(out_path.parent))
     print(table(report), flush=True)
 

@@ -172,11 +172,25 @@ def _scan_block_kernel(A, B, H, T, D, BLOCK_T: tl.constexpr, BLOCK_D: tl.constex
         cy = tl.sum(tl.where(last, hy, 0.0), 0)
 
 
+# CUDA launch shapes per system kind: the time chunk one `tl.associative_scan` covers, channels per program
+# and warps. A program holds 2 (diagonal) or 6 (block) fp32 values per (t, channel) of its chunk, so the
+# chunk is kept far below the interpreter's (bench/gpu_kernels.py sweeps these on an H100).
+CUDA_LAUNCH = {
+    "diag": {"block_t": 256, "block_d": 32, "num_warps": 4},
+    "block": {"block_t": 128, "block_d": 32, "num_warps": 4},
+}
+
+
 def linear_scan_triton(
-    A: torch.Tensor, b: torch.Tensor, reverse: bool = False, block_t: int | None = None, block_d: int = 32
+    A: torch.Tensor,
+    b: torch.Tensor,
+    reverse: bool = False,
+    block_t: int | None = None,
+    block_d: int | None = None,
 ) -> torch.Tensor:
     """Fused Triton scan (CUDA, or CPU tensors under `TRITON_INTERPRET=1`). `block_t` is the time chunk one
-    `tl.associative_scan` covers (default: the sequence, at most 1024); longer sequences loop over chunks."""
+    `tl.associative_scan` covers, `block_d` the channels per program (defaults: `CUDA_LAUNCH` on CUDA; under
+    the interpreter the whole sequence up to 1024 and 32 channels); longer sequences loop over chunks."""
     require_triton(b, "linear_scan_triton")
     if reverse:
         return linear_scan_triton(*_flip(A, b), block_t=block_t, block_d=block_d).flip(1)
@@ -184,11 +198,17 @@ def linear_scan_triton(
     batch, T, D = b.shape[:3]
     A, b = A.contiguous(), b.contiguous()
     h = torch.empty_like(b)
-    BLOCK_T = block_t or min(triton.next_power_of_2(T), 1024)
+    if b.is_cuda:
+        launch = CUDA_LAUNCH["block" if block else "diag"]
+        block_t, block_d = block_t or launch["block_t"], block_d or launch["block_d"]
+        options = {"num_warps": launch["num_warps"]}
+    else:
+        block_t, block_d, options = block_t or 1024, block_d or 32, {}
+    BLOCK_T = min(block_t, triton.next_power_of_2(T))
     BLOCK_D = min(block_d, triton.next_power_of_2(D))
     grid = (batch, triton.cdiv(D, BLOCK_D))
     (_scan_block_kernel if block else _scan_diag_kernel)[grid](
-        A, b, h, T, D, BLOCK_T=BLOCK_T, BLOCK_D=BLOCK_D
+        A, b, h, T, D, BLOCK_T=BLOCK_T, BLOCK_D=BLOCK_D, **options
     )
     return h
 
