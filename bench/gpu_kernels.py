@@ -357,7 +357,7 @@ def main():
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--out", required=True)
-    parser.add_argument("--sweep", action="store_true", help="sweep launch shapes (LSSA, PolyNorm)")
+    parser.add_argument("--sweep", action="store_true", help="sweep launch shapes (LSSA, PolyNorm, scans)")
     parser.add_argument(
         "--skip",
         nargs="*",
