@@ -10,7 +10,8 @@ from .configuration_block import PlaitBlockConfig
 @strict
 class PlaitConfig(PlaitBlockConfig):
     r"""Configuration of the Plait decoder LM: the block's dimensions and switches (`PlaitBlockConfig`) plus
-    the vocabulary, the context length of its 1-D rotary positions, the KV cache and the special tokens.
+    the vocabulary, the context length of its 1-D rotary positions, the KV cache, the special tokens and the
+    chunking of the training loss.
     The LM is causal: every token mixer sees only the tokens before it. Unknown keys, wrong types and invalid
     values raise `ValueError` naming the field (see `PlaitBlockConfig`)."""
 
@@ -25,10 +26,15 @@ class PlaitConfig(PlaitBlockConfig):
     pad_token_id: int | None = None
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
+    # Training loss from the LM head in chunks of this many tokens, never forming the [tokens, vocab] logits
+    # (plait.kernels.linear_cross_entropy); None computes the logits and then the loss.
+    loss_chunk_size: int | None = None
 
     def _validate(self) -> None:
         super()._validate()
         self._positive("vocab_size", "max_position_embeddings")
+        if self.loss_chunk_size is not None:
+            self._positive("loss_chunk_size")
         if self.head_dim % 2:
             raise ValueError(f"head_dim={self.head_dim} must be even for rotary position embeddings")
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+
+from plait.kernels.linear_cross_entropy import linear_cross_entropy_chunked
 
 from .block import PlaitBlock, run_stack
 from .configuration_plait import PlaitConfig
@@ -166,15 +169,32 @@ class PlaitModel(PlaitPreTrainedModel):
         return outputs if return_dict else outputs.to_tuple()
 
 
+class LMHead(nn.Linear):
+    """The vocabulary projection. Called with `targets` it returns the cross-entropy instead of the logits,
+    in chunks of `chunk_size` tokens that never form the logits tensor (`plait.kernels.linear_cross_entropy`).
+    The loss is computed inside the head's own call so engines that gather parameters per module call
+    (DeepSpeed ZeRO-3) have its weight in hand."""
+
+    def forward(self, hidden, targets=None, chunk_size: int = 0, ignore_index: int = -100, normaliser=None):
+        if targets is None:
+            return F.linear(hidden, self.weight, self.bias)
+        hidden = hidden.reshape(-1, hidden.shape[-1])
+        return linear_cross_entropy_chunked(
+            hidden, self.weight, targets.reshape(-1), ignore_index, normaliser, chunk_size
+        )
+
+
 class PlaitForCausalLM(PlaitPreTrainedModel, GenerationMixin):
-    """Plait decoder LM: `PlaitModel` plus an LM head; `labels` give the shifted next-token CE loss."""
+    """Plait decoder LM: `PlaitModel` plus an LM head; `labels` give the shifted next-token CE loss. In
+    training with `config.loss_chunk_size` set, that loss comes from the chunked head (no logits tensor: the
+    output's `logits` is None); in eval mode, or with `labels=None`, the logits are computed as usual."""
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
 
     def __init__(self, config: PlaitConfig):
         super().__init__(config)
         self.model = PlaitModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = LMHead(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
     def forward(
@@ -205,6 +225,17 @@ class PlaitForCausalLM(PlaitPreTrainedModel, GenerationMixin):
             **kwargs,
         )
         hidden = outputs.last_hidden_state
+        if labels is not None and self._chunked_loss(logits_to_keep):
+            shift_labels = kwargs.get("shift_labels")
+            if shift_labels is None:
+                shift_labels = F.pad(labels, (0, 1), value=-100)[..., 1:]
+            loss = self.lm_head(
+                hidden,
+                targets=shift_labels.to(hidden.device),
+                chunk_size=self.config.loss_chunk_size,
+                normaliser=kwargs.get("num_items_in_batch"),
+            )
+            return self._output(loss, None, outputs, return_dict)
         if isinstance(logits_to_keep, int) and logits_to_keep > 0:
             hidden = hidden[:, -logits_to_keep:]
         elif isinstance(logits_to_keep, torch.Tensor):
@@ -215,6 +246,20 @@ class PlaitForCausalLM(PlaitPreTrainedModel, GenerationMixin):
             loss = self.loss_function(
                 logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs
             )
+        return self._output(loss, logits, outputs, return_dict)
+
+    def _chunked_loss(self, logits_to_keep) -> bool:
+        """Train with the chunked head: asked for by the config, in training mode, all positions kept, and the
+        head still Plait's own (an adapter wrapping it, e.g. LoRA on `lm_head`, needs the logits)."""
+        keeps_all = isinstance(logits_to_keep, int) and logits_to_keep == 0
+        return (
+            bool(self.config.loss_chunk_size)
+            and self.training
+            and keeps_all
+            and isinstance(self.lm_head, LMHead)
+        )
+
+    def _output(self, loss, logits, outputs, return_dict):
         result = CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
@@ -227,4 +272,4 @@ class PlaitForCausalLM(PlaitPreTrainedModel, GenerationMixin):
         return result if return_dict else result.to_tuple()
 
 
-__all__ = ["PlaitPreTrainedModel", "PlaitModel", "PlaitForCausalLM"]
+__all__ = ["LMHead", "PlaitPreTrainedModel", "PlaitModel", "PlaitForCausalLM"]

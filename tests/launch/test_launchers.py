@@ -103,6 +103,23 @@ def test_two_process_run_through_accelerate_launch(engine, rank1_file, tmp_path)
         assert _losses(out) == uninterrupted
 
 
+def test_chunked_loss_under_zero3_repeats_the_logits_loss(tmp_path):
+    """ZeRO-3 gathers a module's parameters only for that module's call: the chunked loss runs inside the LM
+    head's own call, so it sees the full head weight and trains exactly as the logits loss does."""
+    losses = {}
+    for chunk in (None, 16):
+        out = tmp_path / f"chunk-{chunk}"
+        recipe = tiny_recipe(out)
+        recipe["model"]["config"]["loss_chunk_size"] = chunk
+        path = tmp_path / f"chunk-{chunk}.yaml"
+        path.write_text(yaml.safe_dump(recipe))
+        _launch("zero3", path)
+        losses[chunk] = _losses(out)
+    assert losses[16].keys() == losses[None].keys() == {1, 2, 3}
+    for step, loss in losses[None].items():
+        assert losses[16][step] == pytest.approx(loss, rel=1e-5)
+
+
 def _descendants(pid: int) -> list[int]:
     children = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):

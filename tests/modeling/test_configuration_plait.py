@@ -37,6 +37,8 @@ def test_valid_choices_are_listed():
         ({"rms_norm_eps": 0.0}, "rms_norm_eps=0.0"),
         ({"attention_dropout": 1.5}, "attention_dropout=1.5"),
         ({"head_dim": 7}, "head_dim=7"),
+        ({"loss_chunk_size": 0}, "loss_chunk_size=0"),
+        ({"loss_chunk_size": 2.5}, "loss_chunk_size"),
     ],
 )
 def test_bad_dimensions_are_rejected(kwargs, match):

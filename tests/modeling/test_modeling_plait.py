@@ -39,6 +39,30 @@ def test_labels_give_shifted_cross_entropy(make_config):
     torch.testing.assert_close(out.loss, expected)
 
 
+@pytest.mark.parametrize("tie", [False, True])
+@pytest.mark.parametrize("num_items", [None, 13])
+def test_chunked_loss_equals_the_logits_loss_and_gradients(make_config, tie, num_items):
+    model = PlaitForCausalLM(make_config(tie_word_embeddings=tie)).train()
+    ids = torch.randint(0, 128, (3, 11))
+    labels = ids.clone()
+    labels[1, :4] = -100
+    extra = {} if num_items is None else {"num_items_in_batch": torch.tensor(num_items)}
+    results = []
+    for chunk in (None, 5):
+        model.config.loss_chunk_size = chunk
+        model.zero_grad()
+        out = model(ids, labels=labels, **extra)
+        out.loss.backward()
+        results.append((out, {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (plain, plain_grads), (chunked, chunked_grads) = results
+    assert chunked.logits is None  # the point: no [tokens, vocab] tensor
+    torch.testing.assert_close(chunked.loss, plain.loss)
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(chunked_grads[name], grad, rtol=1e-5, atol=1e-6, msg=name)
+    model.eval()  # evaluation keeps the logits (perplexity, generation)
+    assert model(ids, labels=labels).logits.shape == (3, 11, 128)
+
+
 @pytest.mark.parametrize("num_key_value_heads", [4, 2, 1])
 def test_greedy_generate_with_cache_equals_without(make_config, num_key_value_heads):
     model = PlaitForCausalLM(make_config(num_key_value_heads=num_key_value_heads)).eval()
