@@ -41,8 +41,9 @@ SHAPE = dict(
     rope_theta=500000.0,
 )
 SEQ = 4096
-VARIANTS = {
+VARIANTS = {  # every Plait variant trains with the 1b recipe's chunked loss unless it says otherwise
     "plain": {},
+    "plain_logits_loss": {"loss_chunk_size": None},
     "mhc": {"residual": "mhc", "hc_streams": 4},
     "kromhc": {"residual": "kromhc", "hc_streams": 4},
     "polynorm": {"mlp_act": "polynorm"},  # polycom_scale_ffn (default): 1.5× width, SwiGLU's parameter count
@@ -66,7 +67,7 @@ def build(name: str) -> torch.nn.Module:
     else:
         from plait.modeling import PlaitConfig, PlaitForCausalLM
 
-        model = PlaitForCausalLM(PlaitConfig(**{**SHAPE, **VARIANTS[name]}))
+        model = PlaitForCausalLM(PlaitConfig(**{**SHAPE, "loss_chunk_size": 4096, **VARIANTS[name]}))
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model.cuda().train()
 
