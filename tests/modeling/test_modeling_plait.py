@@ -63,6 +63,14 @@ def test_chunked_loss_equals_the_logits_loss_and_gradients(make_config, tie, num
     assert model(ids, labels=labels).logits.shape == (3, 11, 128)
 
 
+def test_chunked_loss_traces_with_a_full_graph(make_config):
+    model = PlaitForCausalLM(make_config(loss_chunk_size=8)).train()
+    ids = torch.randint(0, 128, (2, 9))
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    torch.testing.assert_close(compiled(ids, labels=ids).loss, model(ids, labels=ids).loss)
+
+
 @pytest.mark.parametrize("num_key_value_heads", [4, 2, 1])
 def test_greedy_generate_with_cache_equals_without(make_config, num_key_value_heads):
     model = PlaitForCausalLM(make_config(num_key_value_heads=num_key_value_heads)).eval()
