@@ -192,6 +192,46 @@ def test_skan_pool_has_four_families_with_distinct_bases():
     torch.testing.assert_close(values[FAMILIES.index("chebyshev")], cheb, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_skan_custom_backward_equals_autograd_through_the_basis(family):
+    torch.manual_seed(0)
+    grid = torch.linspace(-3, 3, 8, dtype=torch.float64)
+    u = (torch.randn(5, 7, 6, dtype=torch.float64) * 2.5).requires_grad_()  # inside, at and beyond the grid
+    coeff = torch.randn(6, 8, 3, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(5, 7, 3, dtype=torch.float64)
+    custom = skan_module._FamilyContraction.apply(family, u, grid, coeff)
+    reference = skan_module.basis(family, u, grid).flatten(-2) @ coeff.flatten(0, 1)
+    torch.testing.assert_close(custom, reference)
+    for got, want in zip(
+        torch.autograd.grad(custom, (u, coeff), grad),
+        torch.autograd.grad(reference, (u, coeff), grad),
+        strict=True,
+    ):
+        torch.testing.assert_close(got, want)
+
+
+def test_skan_phi_gradients_equal_the_weighted_pool_formula():
+    """Every gradient equals autograd through φ(x)_j = Σ_i Σ_f w[i,f] Σ_k c_f[i,k,j]·basis(s_i·x_i)."""
+    torch.manual_seed(0)
+    phi = SKANPhi(6, 3)
+    with torch.no_grad():
+        phi.logits.normal_()
+        phi.coeff.normal_()
+        phi.scale.uniform_(0.5, 1.5)
+    x = (torch.randn(4, 5, 6) * 2).requires_grad_()
+    params = (x, phi.scale, phi.logits, phi.coeff)
+    got = torch.autograd.grad(phi(x).square().sum(), params)
+    u = x * phi.scale
+    w = phi.weights()
+    reference = sum(
+        (skan_module.basis(f, u, phi.grid) * w[:, i, None]).flatten(-2) @ phi.coeff[i].flatten(0, 1)
+        for i, f in enumerate(phi.families)
+    )
+    want = torch.autograd.grad(reference.square().sum(), params)
+    for g, r in zip(got, want, strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5)
+
+
 def test_skan_three_phases_prune_saves_smaller_and_computes_less(tmp_path, make_config, monkeypatch):
     base, targets = _plait(make_config)
     ids = _ids(base)
