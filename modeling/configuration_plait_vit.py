@@ -21,6 +21,9 @@ class PlaitViTConfig(PlaitBlockConfig):
       `"conv_stem"`, the convolutional stem of Xiao et al., 2021 ("Early Convolutions Help Transformers See
       Better"): log2(`patch_size`) 3x3 stride-2 convolutions with BatchNorm and ReLU, then a 1x1 convolution
       to `hidden_size`: the same patch grid, better optimisation (needs a power-of-two `patch_size`).
+    - `conv_stem_channels`: the output channels of the conv stem's stride-2 stages, one per halving
+      (log2(`patch_size`) entries); `None` takes the paper's plan, doubling up to `hidden_size` / 2 at the
+      last stage (48-96-192-384 before a 768-wide ViT-B). Wider stages are cheap next to the transformer.
     - `position_embedding`: `"learned"` absolute positions added to the patch embeddings (ViT), or
       `"rope2d"` axial 2-D rotary positions inside attention (needs `head_dim` divisible by 4). Both adapt to
       other image sizes with `interpolate_pos_encoding=True`.
@@ -43,6 +46,7 @@ class PlaitViTConfig(PlaitBlockConfig):
     patch_size: int = 16
     num_channels: int = 3
     patch_embedding: str = "linear"
+    conv_stem_channels: list[int] | None = None
     position_embedding: str = "learned"
     pooling: str = "cls"
     label_smoothing: float = 0.0
@@ -67,6 +71,18 @@ class PlaitViTConfig(PlaitBlockConfig):
                 f"patch_size={self.patch_size} must be a power of two >= 2 for patch_embedding='conv_stem' "
                 "(one stride-2 convolution per halving)"
             )
+        if self.conv_stem_channels is not None:
+            stages = self.patch_size.bit_length() - 1
+            if self.patch_embedding != "conv_stem":
+                raise ValueError(
+                    f"conv_stem_channels={self.conv_stem_channels!r} needs patch_embedding='conv_stem' "
+                    f"(got {self.patch_embedding!r}); leave it null for the patchify stem"
+                )
+            if len(self.conv_stem_channels) != stages or min(self.conv_stem_channels) < 1:
+                raise ValueError(
+                    f"conv_stem_channels={self.conv_stem_channels!r} must hold {stages} positive channel "
+                    f"counts, one per stride-2 stage of patch_size={self.patch_size}"
+                )
         if self.position_embedding not in POSITION_EMBEDDINGS:
             raise ValueError(
                 f"position_embedding={self.position_embedding!r} is not a valid choice; "

@@ -44,12 +44,12 @@ class ConvStem(nn.Sequential):
     """Xiao et al., 2021, "Early Convolutions Help Transformers See Better", sec. 3: the patchify stem
     replaced by a stack of 3x3 stride-2 convolutions (each followed by BatchNorm and ReLU) that halves the
     resolution log2(patch_size) times, then a 1x1 convolution to the model width. The patch grid is the
-    patchify stem's. Channels double per stage up to hidden_size / 2 at the last (the paper's ViT_C pattern,
-    e.g. 48-96-192-384 before a 768-wide model)."""
+    patchify stem's. By default channels double per stage up to hidden_size / 2 at the last (the paper's
+    ViT_C pattern, e.g. 48-96-192-384 before a 768-wide model); `widths` sets them per stage."""
 
-    def __init__(self, channels: int, hidden_size: int, patch_size: int):
+    def __init__(self, channels: int, hidden_size: int, patch_size: int, widths: list[int] | None = None):
         stages = patch_size.bit_length() - 1
-        widths = [max(8, hidden_size >> (stages - i)) for i in range(stages)]
+        widths = widths or [max(8, hidden_size >> (stages - i)) for i in range(stages)]
         layers: list[nn.Module] = []
         for width in widths:
             layers += [
@@ -71,7 +71,9 @@ class PlaitViTEmbeddings(nn.Module):
         self.config = config
         self.patch_size = config.patch_size
         if config.patch_embedding == "conv_stem":
-            self.projection = ConvStem(config.num_channels, config.hidden_size, config.patch_size)
+            self.projection = ConvStem(
+                config.num_channels, config.hidden_size, config.patch_size, config.conv_stem_channels
+            )
         else:
             self.projection = nn.Conv2d(
                 config.num_channels,

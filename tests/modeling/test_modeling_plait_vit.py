@@ -210,6 +210,14 @@ def test_conv_stem_halves_the_resolution_per_stage_up_to_the_patch_grid():
     assert stem(torch.randn(2, 1, 32, 32)).shape == (2, 768, 2, 2)  # the patchify grid
     with pytest.raises(ValueError, match="patch_size=6 must be a power of two"):
         vit_config(image_size=12, patch_size=6, patch_embedding="conv_stem")
+    wide = PlaitViTModel(
+        vit_config(image_size=16, patch_size=4, patch_embedding="conv_stem", conv_stem_channels=[24, 40])
+    ).embeddings.projection
+    assert [m.out_channels for m in wide if isinstance(m, torch.nn.Conv2d)] == [24, 40, 32]
+    with pytest.raises(ValueError, match=r"conv_stem_channels=\[24\] must hold 2 positive channel counts"):
+        vit_config(image_size=16, patch_size=4, patch_embedding="conv_stem", conv_stem_channels=[24])
+    with pytest.raises(ValueError, match="conv_stem_channels=.*needs patch_embedding='conv_stem'"):
+        vit_config(image_size=16, patch_size=4, conv_stem_channels=[24, 40])
     with pytest.raises(ValueError, match=r"patch_embedding='hybrid'.*\['linear', 'conv_stem'\]"):
         vit_config(patch_embedding="hybrid")
 
