@@ -18,6 +18,9 @@ at the matching rank. Full fine-tuning is the unmatched reference.
 
     OMP_NUM_THREADS=1 python bench/finetune_transfer.py vit --base outputs/bench_vit_fmnist/plain/final
     OMP_NUM_THREADS=1 python bench/finetune_transfer.py lm --base outputs/demo
+
+A table can be run in parts side by side (`--methods`, `--seeds`, each with its own `--out` and `--work`),
+then joined with `--merge part1.json part2.json --base <the same base>`.
 """
 
 from __future__ import annotations
@@ -359,6 +362,13 @@ def main() -> None:
     parser.add_argument("--out", help="default: bench/results/finetune_<task>_transfer_cpu.json")
     parser.add_argument("--work", default="outputs/bench_finetune_transfer")
     parser.add_argument("--table", action="store_true", help="print the README table of --out and exit")
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="JSON",
+        help="write --out from the runs of these results files (parts of one table run as separate "
+        "processes, e.g. one per --methods group) and exit",
+    )
     args = parser.parse_args()
     setup = {**SETUPS[args.task], **({"steps": args.steps} if args.steps else {})}
     out = Path(args.out or f"bench/results/finetune_{args.task}_transfer_cpu.json")
@@ -366,7 +376,24 @@ def main() -> None:
         results = json.loads(out.read_text())
         print(markdown(results["summary"], results["base"], args.task))
         return
-    import transformers
+    if args.merge:
+        parts = [json.loads(Path(p).read_text()) for p in args.merge]
+        first = parts[0]
+        for part, name in zip(parts, args.merge, strict=True):
+            if part["base_model"] != args.base or (part["base"], part["setup"]) != (
+                first["base"],
+                first["setup"],
+            ):
+                raise SystemExit(
+                    f"{name}: not a part of the same table (--base, base scores or setup differ)"
+                )
+        runs = sorted(
+            (r for part in parts for r in part["runs"]), key=lambda r: (r["seed"], METHODS.index(r["method"]))
+        )
+        elapsed = max(part["elapsed_s"] for part in parts)  # the parts ran side by side
+        write_report(out, args.task, args.base, first["setup"], first["base"], runs, elapsed)
+        print(markdown(summarize(runs, first["base"], args.task), first["base"], args.task))
+        return
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -380,21 +407,30 @@ def main() -> None:
                 continue
             runs.append(one_run(args.task, args.base, method, seed, setup, work))
             print(json.dumps(runs[-1]), flush=True)
-            rows = summarize(runs, base, args.task)
-            report = {
-                "benchmark": f"fine-tuning gain vs forgetting: {setup['title']}",
-                "device": f"cpu ({platform.machine()}), OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}",
-                "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
-                "setup": {k: v for k, v in setup.items() if k != "title"},
-                "base_model": args.base,
-                "elapsed_s": time.time() - started,
-                "base": base,
-                "summary": rows,
-                "runs": runs,
-            }
-            out.write_text(json.dumps(report, indent=1))
-            plot(rows, base, args.task, out.with_suffix(".png"))
+            write_report(out, args.task, args.base, setup, base, runs, time.time() - started)
     print(markdown(summarize(runs, base, args.task), base, args.task))
+
+
+def write_report(
+    out: Path, task: str, base_model: str, setup: dict, base: dict, runs: list[dict], elapsed: float
+):
+    """The results JSON (every run and the per-method summary) and its PNG."""
+    import transformers
+
+    rows = summarize(runs, base, task)
+    report = {
+        "benchmark": f"fine-tuning gain vs forgetting: {SETUPS[task]['title']}",
+        "device": f"cpu ({platform.machine()}), OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}",
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+        "setup": {k: v for k, v in setup.items() if k != "title"},
+        "base_model": base_model,
+        "elapsed_s": elapsed,
+        "base": base,
+        "summary": rows,
+        "runs": runs,
+    }
+    out.write_text(json.dumps(report, indent=1))
+    plot(rows, base, task, out.with_suffix(".png"))
 
 
 if __name__ == "__main__":
