@@ -87,7 +87,7 @@ class _FamilyContraction(torch.autograd.Function):
 
     The [..., D, K] basis tensor is K times the input, so it is not kept for the backward: the backward
     recomputes it together with its analytic derivative (`basis(..., with_slope=True)`): the memory of
-    activation checkpointing without autograd walking the basis formulas (S-KAN steps 2.7x faster on the
+    activation checkpointing without autograd walking the basis formulas (S-KAN steps 2.6x faster on the
     CPU ViT transfer benchmark; tested equal to autograd through `basis`)."""
 
     @staticmethod
