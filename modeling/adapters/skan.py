@@ -57,13 +57,15 @@ def basis(family: str, u: torch.Tensor, grid: torch.Tensor, with_slope: bool = F
     h = grid[1] - grid[0]
     if family == "chebyshev":  # T_k(t), t = tanh u; dT_k/dt = k·U_{k-1}(t) (Chebyshev of the second kind)
         t = torch.tanh(u)
-        first, second = [torch.ones_like(t), t], [torch.ones_like(t), 2 * t]
+        first = [torch.ones_like(t), t]
         while len(first) < grid.numel():
             first.append(2 * t * first[-1] - first[-2])
-            second.append(2 * t * second[-1] - second[-2])
         value = torch.stack(first[: grid.numel()], dim=-1)
-        if not with_slope:
+        if not with_slope:  # the forward: no second-kind terms
             return value
+        second = [torch.ones_like(t), 2 * t]
+        while len(second) < grid.numel() - 1:
+            second.append(2 * t * second[-1] - second[-2])
         dt_du = 1 - t**2
         slopes = [torch.zeros_like(t)] + [k * second[k - 1] * dt_du for k in range(1, grid.numel())]
         return value, torch.stack(slopes, dim=-1)
