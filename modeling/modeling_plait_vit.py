@@ -211,6 +211,10 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor, config: Plai
 class PlaitViTForImageClassification(PlaitViTPreTrainedModel):
     """`PlaitViTModel` plus a linear head on the pooled token; `labels` give the `problem_type` loss."""
 
+    # The loss is a mean over the examples of this batch and takes no `num_items_in_batch`; without this
+    # flag `Trainer` (seeing `**kwargs`) would multiply it by the world size and sum it over accumulation.
+    accepts_loss_kwargs = False
+
     def __init__(self, config: PlaitViTConfig):
         super().__init__(config)
         self.num_labels = config.num_labels

@@ -11,6 +11,8 @@ from transformers import (
     AutoImageProcessor,
     AutoModel,
     AutoModelForImageClassification,
+    Trainer,
+    TrainingArguments,
     pipeline,
 )
 
@@ -220,6 +222,42 @@ def test_conv_stem_halves_the_resolution_per_stage_up_to_the_patch_grid():
         vit_config(image_size=16, patch_size=4, conv_stem_channels=[24, 40])
     with pytest.raises(ValueError, match=r"patch_embedding='hybrid'.*\['linear', 'conv_stem'\]"):
         vit_config(patch_embedding="hybrid")
+
+
+def test_trainer_takes_the_classification_loss_as_a_batch_mean(tmp_path):
+    """One SGD step over 2 accumulated micro-batches moves the weights by the mean gradient of all examples:
+    `Trainer` divides the loss by the accumulation steps and, under DDP, does not multiply it by the world
+    size (both of which it skips or does for models that take `num_items_in_batch`)."""
+    torch.manual_seed(0)
+    model = PlaitViTForImageClassification(vit_config())
+    examples = [{"pixel_values": pixels(1)[0], "labels": i % 5} for i in range(8)]
+    expected = {n: p.detach().clone() for n, p in model.named_parameters()}
+    batch = {
+        "pixel_values": torch.stack([e["pixel_values"] for e in examples]),
+        "labels": torch.tensor([e["labels"] for e in examples]),
+    }
+    model(**batch).loss.backward()
+    expected = {n: w - 0.5 * p.grad for (n, w), p in zip(expected.items(), model.parameters(), strict=True)}
+    model.zero_grad()
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=2,
+        max_steps=1,
+        learning_rate=0.5,
+        optim="sgd",
+        lr_scheduler_type="constant",
+        max_grad_norm=0.0,
+        weight_decay=0.0,
+        use_cpu=True,
+        report_to=[],
+        save_strategy="no",
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=examples)
+    trainer.train()
+    assert not trainer.model_accepts_loss_kwargs
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param.detach(), expected[name], msg=name)
 
 
 def test_drop_path_is_active_in_training_only():
