@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from huggingface_hub.dataclasses import strict
 
 from .configuration_block import PlaitBlockConfig
@@ -21,9 +23,12 @@ class PlaitViTConfig(PlaitBlockConfig):
       `"conv_stem"`, the convolutional stem of Xiao et al., 2021 ("Early Convolutions Help Transformers See
       Better"): log2(`patch_size`) 3x3 stride-2 convolutions with BatchNorm and ReLU, then a 1x1 convolution
       to `hidden_size`: the same patch grid, better optimisation (needs a power-of-two `patch_size`).
-    - `conv_stem_channels`: the output channels of the conv stem's stride-2 stages, one per halving
-      (log2(`patch_size`) entries); `None` takes the paper's plan, doubling up to `hidden_size` / 2 at the
+    - `conv_stem_channels`: the output channels of the conv stem's 3x3 convolutions, one per halving
+      (log2(`patch_size`) entries) or one per `conv_stem_strides` entry; `None` takes the paper's plan, doubling up to `hidden_size` / 2 at the
       last stage (48-96-192-384 before a 768-wide ViT-B). Wider stages are cheap next to the transformer.
+    - `conv_stem_strides`: the stride (1 or 2) of each stem convolution, one per `conv_stem_channels` entry,
+      their product `patch_size`; `None` means all 2. Stride-1 layers add 3x3 convolutions at the
+      resolution they run at (e.g. `[1, 2, 2]`: one at full resolution before the halvings, for small images).
     - `position_embedding`: `"learned"` absolute positions added to the patch embeddings (ViT), or
       `"rope2d"` axial 2-D rotary positions inside attention (needs `head_dim` divisible by 4). Both adapt to
       other image sizes with `interpolate_pos_encoding=True`.
@@ -47,6 +52,7 @@ class PlaitViTConfig(PlaitBlockConfig):
     num_channels: int = 3
     patch_embedding: str = "linear"
     conv_stem_channels: list[int] | None = None
+    conv_stem_strides: list[int] | None = None
     position_embedding: str = "learned"
     pooling: str = "cls"
     label_smoothing: float = 0.0
@@ -71,17 +77,31 @@ class PlaitViTConfig(PlaitBlockConfig):
                 f"patch_size={self.patch_size} must be a power of two >= 2 for patch_embedding='conv_stem' "
                 "(one stride-2 convolution per halving)"
             )
-        if self.conv_stem_channels is not None:
-            stages = self.patch_size.bit_length() - 1
-            if self.patch_embedding != "conv_stem":
+        for name in ("conv_stem_channels", "conv_stem_strides"):
+            if getattr(self, name) is not None and self.patch_embedding != "conv_stem":
                 raise ValueError(
-                    f"conv_stem_channels={self.conv_stem_channels!r} needs patch_embedding='conv_stem' "
+                    f"{name}={getattr(self, name)!r} needs patch_embedding='conv_stem' "
                     f"(got {self.patch_embedding!r}); leave it null for the patchify stem"
                 )
-            if len(self.conv_stem_channels) != stages or min(self.conv_stem_channels) < 1:
+        if self.conv_stem_strides is not None:
+            strides, channels = self.conv_stem_strides, self.conv_stem_channels
+            if channels is None or len(strides) != len(channels):
                 raise ValueError(
-                    f"conv_stem_channels={self.conv_stem_channels!r} must hold {stages} positive channel "
-                    f"counts, one per stride-2 stage of patch_size={self.patch_size}"
+                    f"conv_stem_strides={strides!r} needs conv_stem_channels of the same length "
+                    f"(got {channels!r}): one stride per stem convolution"
+                )
+            if any(s not in (1, 2) for s in strides) or math.prod(strides) != self.patch_size:
+                raise ValueError(
+                    f"conv_stem_strides={strides!r} must be 1s and 2s whose product is "
+                    f"patch_size={self.patch_size}"
+                )
+        if self.conv_stem_channels is not None:
+            layers = len(self.conv_stem_strides or []) or self.patch_size.bit_length() - 1
+            if len(self.conv_stem_channels) != layers or min(self.conv_stem_channels) < 1:
+                raise ValueError(
+                    f"conv_stem_channels={self.conv_stem_channels!r} must hold {layers} positive channel "
+                    "counts, one per stem convolution (by default one stride-2 convolution per halving of "
+                    f"patch_size={self.patch_size})"
                 )
         if self.position_embedding not in POSITION_EMBEDDINGS:
             raise ValueError(

@@ -45,15 +45,24 @@ class ConvStem(nn.Sequential):
     replaced by a stack of 3x3 stride-2 convolutions (each followed by BatchNorm and ReLU) that halves the
     resolution log2(patch_size) times, then a 1x1 convolution to the model width. The patch grid is the
     patchify stem's. By default channels double per stage up to hidden_size / 2 at the last (the paper's
-    ViT_C pattern, e.g. 48-96-192-384 before a 768-wide model); `widths` sets them per stage."""
+    ViT_C pattern, e.g. 48-96-192-384 before a 768-wide model); `widths` sets them per convolution and
+    `strides` (default all 2) lets some of them keep the resolution (stride 1)."""
 
-    def __init__(self, channels: int, hidden_size: int, patch_size: int, widths: list[int] | None = None):
+    def __init__(
+        self,
+        channels: int,
+        hidden_size: int,
+        patch_size: int,
+        widths: list[int] | None = None,
+        strides: list[int] | None = None,
+    ):
         stages = patch_size.bit_length() - 1
         widths = widths or [max(8, hidden_size >> (stages - i)) for i in range(stages)]
+        strides = strides or [2] * len(widths)
         layers: list[nn.Module] = []
-        for width in widths:
+        for width, stride in zip(widths, strides, strict=True):
             layers += [
-                nn.Conv2d(channels, width, kernel_size=3, stride=2, padding=1, bias=False),
+                nn.Conv2d(channels, width, kernel_size=3, stride=stride, padding=1, bias=False),
                 nn.BatchNorm2d(width),
                 nn.ReLU(inplace=True),
             ]
@@ -72,7 +81,11 @@ class PlaitViTEmbeddings(nn.Module):
         self.patch_size = config.patch_size
         if config.patch_embedding == "conv_stem":
             self.projection = ConvStem(
-                config.num_channels, config.hidden_size, config.patch_size, config.conv_stem_channels
+                config.num_channels,
+                config.hidden_size,
+                config.patch_size,
+                config.conv_stem_channels,
+                config.conv_stem_strides,
             )
         else:
             self.projection = nn.Conv2d(

@@ -224,6 +224,37 @@ def test_conv_stem_halves_the_resolution_per_stage_up_to_the_patch_grid():
         vit_config(patch_embedding="hybrid")
 
 
+def test_conv_stem_strides_add_full_resolution_convolutions_on_the_same_grid():
+    stem_config = dict(image_size=16, patch_size=4, patch_embedding="conv_stem")
+    stem = PlaitViTModel(
+        vit_config(**stem_config, conv_stem_channels=[8, 16, 24], conv_stem_strides=[1, 2, 2])
+    ).embeddings.projection
+    convs = [m for m in stem if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.out_channels, c.stride) for c in convs] == [
+        (8, (1, 1)),
+        (16, (2, 2)),
+        (24, (2, 2)),
+        (32, (1, 1)),
+    ]
+    assert stem(torch.randn(2, 1, 16, 16)).shape == (2, 32, 4, 4)  # the patchify grid
+    with pytest.raises(
+        ValueError, match=r"conv_stem_strides=\[1, 2\] must be 1s and 2s whose product is patch_size=4"
+    ):
+        vit_config(**stem_config, conv_stem_channels=[8, 16], conv_stem_strides=[1, 2])
+    with pytest.raises(ValueError, match=r"conv_stem_strides=\[1, 4\] must be 1s and 2s"):
+        vit_config(**stem_config, conv_stem_channels=[8, 16], conv_stem_strides=[1, 4])
+    with pytest.raises(
+        ValueError, match=r"conv_stem_strides=\[1, 2, 2\] needs conv_stem_channels of the same length"
+    ):
+        vit_config(**stem_config, conv_stem_channels=[8, 16], conv_stem_strides=[1, 2, 2])
+    with pytest.raises(
+        ValueError, match=r"conv_stem_strides=\[1, 2, 2\] needs conv_stem_channels of the same length"
+    ):
+        vit_config(**stem_config, conv_stem_strides=[1, 2, 2])
+    with pytest.raises(ValueError, match="conv_stem_strides=.*needs patch_embedding='conv_stem'"):
+        vit_config(image_size=16, patch_size=4, conv_stem_strides=[2, 2])
+
+
 def test_trainer_takes_the_classification_loss_as_a_batch_mean(tmp_path):
     """One SGD step over 2 accumulated micro-batches moves the weights by the mean gradient of all examples:
     `Trainer` divides the loss by the accumulation steps and, under DDP, does not multiply it by the world
