@@ -101,11 +101,12 @@ def plot(results: list[dict], path: Path) -> None:
         left.plot([p["step"] for p in train], [p["loss"] for p in train], label=r["variant"])
         right.plot([p["step"] for p in evals], [100 * p["accuracy"] for p in evals], "o-", label=r["variant"])
     left.set(xlabel="step", ylabel="training loss", title="Plait ViT on Fashion-MNIST: training loss")
+    left.set_ylim(0, 1.2)  # the start (2.3) would flatten the part where the variants differ
     right.set(xlabel="step", ylabel="test top-1 (%)", title="test accuracy")
     right.axhline(91.0, color="grey", linestyle="--", linewidth=1)
     for ax in (left, right):
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=7, loc="upper right" if ax is left else "lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

@@ -24,8 +24,9 @@ class PlaitViTConfig(PlaitBlockConfig):
       Better"): log2(`patch_size`) 3x3 stride-2 convolutions with BatchNorm and ReLU, then a 1x1 convolution
       to `hidden_size`: the same patch grid, better optimisation (needs a power-of-two `patch_size`).
     - `conv_stem_channels`: the output channels of the conv stem's 3x3 convolutions, one per halving
-      (log2(`patch_size`) entries) or one per `conv_stem_strides` entry; `None` takes the paper's plan, doubling up to `hidden_size` / 2 at the
-      last stage (48-96-192-384 before a 768-wide ViT-B). Wider stages are cheap next to the transformer.
+      (log2(`patch_size`) entries) or one per `conv_stem_strides` entry; `None` takes the paper's plan,
+      doubling up to `hidden_size` / 2 at the last stage (48-96-192-384 before a 768-wide ViT-B). Wider
+      stages are cheap next to the transformer.
     - `conv_stem_strides`: the stride (1 or 2) of each stem convolution, one per `conv_stem_channels` entry,
       their product `patch_size`; `None` means all 2. Stride-1 layers add 3x3 convolutions at the
       resolution they run at (e.g. `[1, 2, 2]`: one at full resolution before the halvings, for small images).
