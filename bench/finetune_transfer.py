@@ -377,22 +377,7 @@ def main() -> None:
         print(markdown(results["summary"], results["base"], args.task))
         return
     if args.merge:
-        parts = [json.loads(Path(p).read_text()) for p in args.merge]
-        first = parts[0]
-        for part, name in zip(parts, args.merge, strict=True):
-            if part["base_model"] != args.base or (part["base"], part["setup"]) != (
-                first["base"],
-                first["setup"],
-            ):
-                raise SystemExit(
-                    f"{name}: not a part of the same table (--base, base scores or setup differ)"
-                )
-        runs = sorted(
-            (r for part in parts for r in part["runs"]), key=lambda r: (r["seed"], METHODS.index(r["method"]))
-        )
-        elapsed = max(part["elapsed_s"] for part in parts)  # the parts ran side by side
-        write_report(out, args.task, args.base, first["setup"], first["base"], runs, elapsed)
-        print(markdown(summarize(runs, first["base"], args.task), first["base"], args.task))
+        merge(args.merge, args.task, args.base, out)
         return
 
     work = Path(args.work)
@@ -409,6 +394,26 @@ def main() -> None:
             print(json.dumps(runs[-1]), flush=True)
             write_report(out, args.task, args.base, setup, base, runs, time.time() - started)
     print(markdown(summarize(runs, base, args.task), base, args.task))
+
+
+def merge(paths: list[str], task: str, base_model: str, out: Path) -> None:
+    """Write `out` from results files that are parts of one table (same base model, base scores, setup)."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    first = parts[0]
+    for part, path in zip(parts, paths, strict=True):
+        same = (part["base_model"], part["base"], part["setup"]) == (
+            base_model,
+            first["base"],
+            first["setup"],
+        )
+        if not same:
+            raise SystemExit(f"{path}: not a part of the same table (--base, base scores or setup differ)")
+    runs = sorted(
+        (r for part in parts for r in part["runs"]), key=lambda r: (r["seed"], METHODS.index(r["method"]))
+    )
+    elapsed = max(part["elapsed_s"] for part in parts)  # the parts ran side by side
+    write_report(out, task, base_model, first["setup"], first["base"], runs, elapsed)
+    print(markdown(summarize(runs, first["base"], task), first["base"], task))
 
 
 def write_report(

@@ -97,7 +97,8 @@ class PlaitViTConfig(PlaitBlockConfig):
                     f"patch_size={self.patch_size}"
                 )
         if self.conv_stem_channels is not None:
-            layers = len(self.conv_stem_strides or []) or self.patch_size.bit_length() - 1
+            strides = self.conv_stem_strides
+            layers = len(strides) if strides else self.patch_size.bit_length() - 1
             if len(self.conv_stem_channels) != layers or min(self.conv_stem_channels) < 1:
                 raise ValueError(
                     f"conv_stem_channels={self.conv_stem_channels!r} must hold {layers} positive channel "
