@@ -123,9 +123,10 @@ class SinkhornImplicit(torch.autograd.Function):
     backward by implicit differentiation at the fixed point (JPmHC §4), so no iterate is stored.
 
     With P = diag(e^f) exp(L) diag(e^g) doubly stochastic, perturbing L and keeping both marginals fixed gives
-    dL_ij = P_ij (G_ij + λ_i + μ_j) where [λ; μ] solves [[I, P], [Pᵀ, I]] [λ; μ] = −[rowsum(G∘P); colsum(G∘P)]
-    (G = dℓ/dP). The system is singular along (1, −1), the shift f + c, g − c that leaves P unchanged; the
-    right-hand side is orthogonal to it, so we add that direction's projector and solve (fp64, 2n×2n).
+    `dL_ij = P_ij (G_ij + λ_i + μ_j)` where `[λ; μ]` solves
+    `[[I, P], [Pᵀ, I]] [λ; μ] = −[rowsum(G∘P); colsum(G∘P)]` (G = dℓ/dP). The system is singular along
+    (1, −1), the shift f + c, g − c that leaves P unchanged; the right-hand side is orthogonal to it,
+    so we add that direction's projector and solve (fp64, 2n×2n).
     """
 
     @staticmethod
