@@ -4,9 +4,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # The lock: the exact versions of every package (transitive ones included) that the suite passed with.
 LOCK := constraints.txt
-EXTRAS := dev,eval
+EXTRAS := dev,eval,docs
 
-.PHONY: install data demo test test-latest lock lint bench clean
+.PHONY: install data demo test test-latest lock lint bench docs clean
 
 install: $(STAMP)
 
@@ -30,6 +30,7 @@ data: install
 demo: install data
 	$(PY) -m plait.train.demo
 
+# The suite includes the strict docs build (tests/test_docs.py).
 test: install data
 	$(PY) -m pytest -q tests
 
@@ -53,8 +54,12 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# The docs site into site/, offline; strict: a broken link, a missing reference or any warning fails.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
 bench: install
 	$(PY) bench/throughput.py --out bench/results/throughput_cpu.json
 
 clean:
-	rm -rf $(VENV) .venv-latest .venv-lock outputs
+	rm -rf $(VENV) .venv-latest .venv-lock outputs site build/docs-api-src

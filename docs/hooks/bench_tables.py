@@ -45,14 +45,15 @@ CHANCE = {
     "mmlu": 0.25,
 }
 
-RENDERERS: dict[str, tuple[str, Callable[[dict], list[list[str]]]]] = {}
+RENDERERS: dict[str, tuple[tuple[str, ...], Callable[..., list[list[str]]]]] = {}
 
 
-def table(name: str, result_file: str):
-    """Register `fn(json) -> rows` (the first row is the header) as the table NAME of `result_file`."""
+def table(name: str, *result_files: str):
+    """Register `fn(json, ...) -> rows` (the first row is the header) as the table NAME, built from the
+    JSON of each of `result_files` in order; the first one's machine and date label the table."""
 
     def register(fn):
-        RENDERERS[name] = (result_file, fn)
+        RENDERERS[name] = (result_files, fn)
         return fn
 
     return register
@@ -83,13 +84,16 @@ def _machine(data: dict) -> str:
 def _date(data: dict, result_file: str) -> str:
     if data.get("date"):
         return data["date"][:10]
-    out = subprocess.run(
-        ["git", "log", "-1", "--format=%cs", "--", f"bench/results/{result_file}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
+    try:
+        out = subprocess.run(
+            ["git", "log", "-1", "--format=%cs", "--", f"bench/results/{result_file}"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+    except FileNotFoundError:  # no git: a source archive
+        out = ""
     return f"{out} (committed)" if out else "not recorded"
 
 
@@ -101,15 +105,14 @@ def _versions(data: dict) -> str:
 def render(name: str) -> str:
     if name not in RENDERERS:
         raise PluginError(f"bench table {name!r} is not defined; defined: {sorted(RENDERERS)}")
-    result_file, fn = RENDERERS[name]
-    data = _load(result_file)
+    result_files, fn = RENDERERS[name]
+    data = [_load(result_file) for result_file in result_files]
     try:
-        rows = fn(data)
+        rows = fn(*data)
     except (KeyError, IndexError, TypeError) as err:
-        raise PluginError(f"bench table {name!r}: bench/results/{result_file} lacks {err!r}") from err
-    source = (
-        f"`bench/results/{result_file}` · {_machine(data)} · {_versions(data)} · {_date(data, result_file)}"
-    )
+        raise PluginError(f"bench table {name!r}: {', '.join(result_files)} lack {err!r}") from err
+    files = ", ".join(f"`bench/results/{result_file}`" for result_file in result_files)
+    source = f"{files} · {_machine(data[0])} · {_versions(data[0])} · {_date(data[0], result_files[0])}"
     return f"{_markdown(rows)}\n\n<small>Source: {source}</small>\n"
 
 
@@ -263,10 +266,10 @@ def _task_metric(tasks: dict, task: str, metric: str) -> str:
     return f"{r[metric]:.3f} ± {r[metric + '_stderr']:.3f}"
 
 
-@table("eval_demo", "plait_eval_demo_limit100_cpu.json")
-def _eval_demo(d):
+@table("eval_demo", "plait_eval_demo_limit100_cpu.json", "plait_eval_demo_full_reference_tasks_cpu.json")
+def _eval_demo(d, d_full):
     limited = {**d["suites"]["lm_eval"]["tasks"], **d["suites"]["lm_eval"]["groups"]}
-    full = _load("plait_eval_demo_full_reference_tasks_cpu.json")["suites"]["lm_eval"]["tasks"]
+    full = d_full["suites"]["lm_eval"]["tasks"]
     references = ["GPT-2 124M", "Pythia-160M"]
     rows = [["task (metric)", "demo, 100 documents/task", "demo, full split", *references, "chance"]]
     cells = [
