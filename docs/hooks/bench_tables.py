@@ -83,7 +83,7 @@ def _machine(data: dict) -> str:
 
 def _date(data: dict, result_file: str) -> str:
     if data.get("date"):
-        return data["date"][:10]
+        return f"recorded {data['date'][:10]}"
     try:
         out = subprocess.run(
             ["git", "log", "-1", "--format=%cs", "--", f"bench/results/{result_file}"],
@@ -94,7 +94,7 @@ def _date(data: dict, result_file: str) -> str:
         ).stdout.strip()
     except FileNotFoundError:  # no git: a source archive
         out = ""
-    return f"{out} (committed)" if out else "not recorded"
+    return f"committed {out}" if out else "date not recorded"
 
 
 def _versions(data: dict) -> str:
