@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from plait.eval.cli import build_parser as eval_parser
 from plait.eval.cli import expand_suites
@@ -81,6 +82,13 @@ def test_readme_is_one_or_two_screens():
 @pytest.mark.parametrize("argv", shell_commands(), ids=" ".join)
 def test_readme_command_names_what_exists(argv):
     check_command(argv)
+
+
+def test_readme_inline_make_targets_and_programs_exist():
+    for target in re.findall(r"`make ([\w-]+)`", README):
+        assert target in make_targets(), f"README names `make {target}`, which the Makefile lacks"
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert {"plait-train", "plait-eval"} <= set(scripts)
 
 
 def test_readme_commands_cover_a_users_day():
