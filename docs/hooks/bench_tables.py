@@ -430,6 +430,8 @@ def on_startup(command: str, dirty: bool) -> None:
     tree.mkdir(parents=True, exist_ok=True)
     for package in PACKAGES:
         link = tree / package
+        if link.is_symlink() and link.readlink() != ROOT / package:  # a moved checkout
+            link.unlink()
         if not link.is_symlink():
             link.symlink_to(ROOT / package, target_is_directory=True)
 
