@@ -142,7 +142,8 @@ class KANLinear(LoraLinear):
         if "lora_kan" not in self._modules:  # first adapter: LoraLayer.__init__ does not know this dict
             self.lora_kan = nn.ModuleDict()
         super().update_layer(adapter_name, r, lora_alpha, config=config, **kwargs)  # B = 0, dropout, α/r
-        del self.lora_A[adapter_name]  # φ takes A's place
+        # φ (`lora_kan`) does A's work; PEFT looks adapters up in `lora_A` (mixed batches, scaling, ...).
+        self.lora_A[adapter_name] = nn.Identity()
         self.lora_kan[adapter_name] = build_phi(config, self.in_features, r)
         self._move_adapter_to_device_of_base_layer(adapter_name)
         self.set_adapter(self.active_adapters, inference_mode=config.inference_mode)

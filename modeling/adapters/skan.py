@@ -42,6 +42,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .nera import base_weight
+
 FAMILIES = ("bspline", "rbf", "chebyshev", "wavelet")
 
 
@@ -142,7 +144,7 @@ class SKANPhi(nn.Module):
             self.logits = nn.Parameter(torch.zeros(in_features, len(self.families)))
             self.coeff = nn.Parameter(torch.randn(len(self.families), in_features, grid_size, r) * init_std)
             self.register_buffer("active", torch.ones(in_features, len(self.families), dtype=torch.bool))
-        self.base = nn.Linear(in_features, r, bias=False) if base_branch else None
+        self.base_weight = base_weight(in_features, r) if base_branch else None
 
     @property
     def pruned(self) -> bool:
@@ -169,7 +171,7 @@ class SKANPhi(nn.Module):
                     coeff = self.coeff[f].float() * w[:, f, None, None]
                     z = z + _FamilyContraction.apply(name, u, grid, coeff)
         z = z.to(x.dtype)
-        return z if self.base is None else z + self.base(F.silu(x))
+        return z if self.base_weight is None else z + F.linear(F.silu(x), self.base_weight)
 
     @torch.no_grad()
     def select(self) -> None:
