@@ -4,7 +4,8 @@ Importing this package registers the decoder LM (`PlaitConfig` with `AutoConfig`
 `AutoModelForCausalLM`) and the ViT (`PlaitViTConfig` with `AutoConfig`, `AutoModel`,
 `AutoModelForImageClassification` and `AutoImageProcessor`), so `Auto*.from_pretrained(dir)` and
 `pipeline(..., model=dir)` load a saved Plait model. It also imports every component module, each of which
-registers its config values (see `plait.modeling.registry`).
+registers its config values (see `plait.modeling.registry`), and the KAN adapters, which register their saved
+type with PEFT's loaders (see `plait.modeling.adapters.peft_kan`).
 """
 
 from transformers import (
@@ -15,7 +16,8 @@ from transformers import (
     AutoModelForImageClassification,
 )
 
-from . import (  # noqa: F401  (each module registers its component switches)
+from . import (  # noqa: F401  (each module registers its component switches or adapter type)
+    adapters,
     attention,
     hyper_connections,
     mlp,

@@ -38,6 +38,8 @@ class PlaitBlockConfig(PreTrainedConfig):
 
     An invalid value raises `ValueError` naming the field, the value and the valid choices; so does an unknown
     keyword (or `config.json` key), with the closest valid name: a typo never builds another model silently.
+    The standard fields transformers itself sets on configs (its loaders, `tie_word_embeddings`, the norm
+    epsilons its tests set, ...; see `_TRANSFORMERS_KEYS`) are accepted and kept, as transformers does.
     Each backbone's config sets the class attribute `is_causal` (True for the decoder LM, False for the ViT).
     """
 
@@ -139,8 +141,11 @@ class PlaitBlockConfig(PreTrainedConfig):
             TOKEN_MIXERS.validate(mixer, self)
 
 
-# Keys transformers itself writes into `config.json` or passes to the config on top of the declared fields
-# (`from_pretrained(attn_implementation=...)`, legacy `torch_dtype`, generation defaults, ...).
+# Keys transformers sets on a model's config besides `PreTrainedConfig`'s own attributes (added below):
+# what its loaders write into `config.json` or pass to the config (`from_pretrained(attn_implementation=...)`,
+# legacy `torch_dtype`, `distributed_config`, generation defaults, ...), and the generic fields its utilities
+# and common model tests set on every model's config: `tie_word_embeddings` (read by every `PreTrainedModel`)
+# and the norm epsilons of `transformers.testing_utils.set_config_for_less_flaky_test`.
 _TRANSFORMERS_KEYS = {
     "model_type",
     "transformers_version",
@@ -156,9 +161,21 @@ _TRANSFORMERS_KEYS = {
     "attn_implementation",
     "experts_implementation",
     "per_layer_config",
+    "distributed_config",
+    "fusion_config",
     "_attn_implementation_internal",
     "_experts_implementation_internal",
+    "tie_word_embeddings",
+    "rms_norm_eps",
+    "post_norm_eps",
+    "layer_norm_eps",
+    "norm_eps",
+    "norm_epsilon",
+    "layer_norm_epsilon",
+    "batch_norm_eps",
     *GenerationConfig._get_default_generation_params(),
+    *(field.name for field in dataclasses.fields(PreTrainedConfig)),
+    *PreTrainedConfig().to_dict(),
 }
 
 
@@ -174,6 +191,9 @@ def _declared_fields(cls: type) -> dict[str, typing.Any]:
 
 
 def _reject_unknown_keys(cls: type, extra: dict) -> None:
+    """A key is accepted if the config declares it or transformers sets it on configs (`_TRANSFORMERS_KEYS`,
+    kept as an attribute as transformers does; Plait does not read those it does not declare). Any other key
+    is refused, with the closest declared field: a typo never builds another model silently."""
     known = {f.name for f in dataclasses.fields(cls)} | _TRANSFORMERS_KEYS
     for key in sorted(set(extra) - known):
         close = difflib.get_close_matches(key, sorted(_declared_fields(cls)), n=1)

@@ -17,7 +17,14 @@ from .hyper_connections import no_decay_parameter_names
 from .layers import RMSNorm
 from .positions import Rotary
 from .registry import RESIDUALS
-from .transformers_compat import LEGACY_CACHE_NAMES, cache_output, causal_mask, output_cache, take_cache
+from .transformers_compat import (
+    LEGACY_CACHE_NAMES,
+    cache_output,
+    causal_mask,
+    legacy_cache_names,
+    output_cache,
+    take_cache,
+)
 
 
 class PlaitPreTrainedModel(PreTrainedModel):
@@ -101,6 +108,7 @@ class PlaitModel(PlaitPreTrainedModel):
         self.gradient_checkpointing = False
         self.post_init()
 
+    @legacy_cache_names
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -115,9 +123,12 @@ class PlaitModel(PlaitPreTrainedModel):
         **kwargs,
     ) -> BaseModelOutputWithPast | tuple:
         """As Llama's forward. The cache may also be passed as `past_key_values` (its name before
-        transformers 5.24). `attention_mask` is a 2-D padding mask, a prepared 4-D mask, or the per-layer-type
-        dict `generate` builds for static caches. `hidden_states` are [batch, seq, hidden] also for
-        multi-stream residuals (the state collapsed as before the final norm)."""
+        transformers 5.24; from 5.24 on it warns as Llama does). `attention_mask` is a 2-D padding mask, a
+        prepared 4-D mask, or the per-layer-type dict `generate` builds for static caches. `hidden_states`
+        are [batch, seq, hidden] also for multi-stream residuals (the state collapsed as before the final
+        norm). With `output_attentions=True`, `attentions` has one entry per layer, so entry i is layer i: in
+        a hybrid model a recurrent (ParaRNN) layer has no attention matrix and its entry is `None`
+        (transformers' own hybrids, e.g. Jamba, record attention layers only: a shorter tuple)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         if input_ids is not None:
@@ -197,6 +208,7 @@ class PlaitForCausalLM(PlaitPreTrainedModel, GenerationMixin):
         self.lm_head = LMHead(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
+    @legacy_cache_names
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,

@@ -16,6 +16,10 @@ w[i] = softmax(a[i]) over the families still active at that node:
 
     φ(x)_j = Σ_i Σ_f w[i, f] Σ_k c_f[i, k, j] · basis_{f,k}(u_i)
 
+As in NeRA (`plait.modeling.adapters.nera`), φ adds KAN's residual base branch w_b·silu(x_i) (Liu et al.,
+arXiv 2404.19756; efficient-kan): the local families (B-spline, RBF, wavelet) vanish outside the grid, so
+without it an outlier input would get no output and no gradient. `base_branch=False` drops it.
+
 The paper gives no closed formula for selection and pruning; ours, in three phases:
 
 1. all candidates: every family active, weights and coefficients trained together;
@@ -36,6 +40,9 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
+
+from .nera import base_weight
 
 FAMILIES = ("bspline", "rbf", "chebyshev", "wavelet")
 
@@ -124,6 +131,7 @@ class SKANPhi(nn.Module):
         grid_range: float = 3.0,
         init_std: float = 1e-3,
         pruned: bool = False,
+        base_branch: bool = True,
     ):
         super().__init__()
         self.families = tuple(families)
@@ -136,6 +144,7 @@ class SKANPhi(nn.Module):
             self.logits = nn.Parameter(torch.zeros(in_features, len(self.families)))
             self.coeff = nn.Parameter(torch.randn(len(self.families), in_features, grid_size, r) * init_std)
             self.register_buffer("active", torch.ones(in_features, len(self.families), dtype=torch.bool))
+        self.base_weight = base_weight(in_features, r) if base_branch else None
 
     @property
     def pruned(self) -> bool:
@@ -161,7 +170,8 @@ class SKANPhi(nn.Module):
                 if self.active[:, f].any():  # w[i, f] folded into the coefficients: Σ_k w·c·basis_k
                     coeff = self.coeff[f].float() * w[:, f, None, None]
                     z = z + _FamilyContraction.apply(name, u, grid, coeff)
-        return z.to(x.dtype)
+        z = z.to(x.dtype)
+        return z if self.base_weight is None else z + F.linear(F.silu(x), self.base_weight)
 
     @torch.no_grad()
     def select(self) -> None:

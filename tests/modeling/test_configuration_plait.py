@@ -1,6 +1,9 @@
-import pytest
+import json
 
-from plait.modeling import PlaitConfig
+import pytest
+from transformers.testing_utils import set_config_for_less_flaky_test
+
+from plait.modeling import PlaitConfig, PlaitViTConfig
 from plait.modeling.registry import MLP_ACTIVATIONS
 
 
@@ -62,3 +65,39 @@ def test_config_round_trips_through_json(tmp_path):
     config.save_pretrained(tmp_path)
     restored = PlaitConfig.from_pretrained(tmp_path)
     assert restored.to_dict() == config.to_dict()
+
+
+VIT = dict(hidden_size=32, intermediate_size=64, num_attention_heads=2, image_size=8, patch_size=4)
+
+
+@pytest.mark.parametrize("config_class, kwargs", [(PlaitConfig, {}), (PlaitViTConfig, VIT)])
+def test_fields_transformers_sets_are_accepted_and_round_trip(config_class, kwargs, tmp_path):
+    config = config_class(num_hidden_layers=1, tie_word_embeddings=False, **kwargs)
+    set_config_for_less_flaky_test(config)  # what transformers' SDPA-vs-eager tests do to every config
+    config.save_pretrained(tmp_path)
+    restored = config_class.from_pretrained(tmp_path)
+    assert restored.batch_norm_eps == restored.layer_norm_eps == restored.rms_norm_eps == 1.0
+    assert restored.tie_word_embeddings is False
+    assert restored.to_dict() == config.to_dict()
+
+
+@pytest.mark.parametrize("config_class, kwargs", [(PlaitConfig, {}), (PlaitViTConfig, VIT)])
+@pytest.mark.parametrize(
+    "key, message",
+    [
+        ("residul", "no field 'residul'; did you mean 'residual'?"),
+        ("rms_norm_epsilon", "no field 'rms_norm_epsilon'; did you mean 'rms_norm_eps'?"),
+        ("num_layers", "no field 'num_layers'; did you mean 'num_hidden_layers'?"),
+        ("n_layer", "has no field 'n_layer'"),
+    ],
+)
+def test_typos_of_plait_fields_are_refused_as_keyword_and_in_config_json(
+    config_class, kwargs, key, message, tmp_path
+):
+    with pytest.raises(ValueError, match=message):
+        config_class(**kwargs, **{key: 2})
+    config_class(**kwargs).save_pretrained(tmp_path)  # a hand-edited config.json
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), key: 2}))
+    with pytest.raises(ValueError, match=message):
+        config_class.from_pretrained(tmp_path)

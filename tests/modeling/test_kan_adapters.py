@@ -93,13 +93,14 @@ def test_nera_matches_its_formula_and_counts_parameters(make_config):
     model = _adapt(base, ["mixer.q_proj"], "nera", kan_grid_size=8, init_lora_weights=False)  # random B
     layer = next(m for m in model.modules() if isinstance(m, KANLinear))
     phi, up = layer.lora_kan["default"], layer.lora_B["default"]
-    assert isinstance(phi, NeRAPhi) and "default" not in layer.lora_A
+    assert isinstance(phi, NeRAPhi) and isinstance(layer.lora_A["default"], torch.nn.Identity)
     torch.testing.assert_close(phi.knots[0], torch.linspace(-3, 3, 8))
     x = torch.randn(3, 64)
-    expected = layer.base_layer(x) + 8 / 4 * up(kan_hat_naive(x, phi.scale, phi.knots, phi.coeff))
+    spline = kan_hat_naive(x, phi.scale, phi.knots, phi.coeff)
+    expected = layer.base_layer(x) + 8 / 4 * up(spline + torch.nn.functional.silu(x) @ phi.base_weight.T)
     torch.testing.assert_close(layer(x), expected)
     trainable, _ = model.get_nb_trainable_parameters()
-    per_layer = 64 * 8 * 4 + 64 * 8 + 64 + 4 * 64  # coefficients, knots, scales, B
+    per_layer = 64 * 8 * 4 + 64 * 8 + 64 + 64 * 4 + 4 * 64  # coefficients, knots, scales, base branch, B
     assert trainable == 2 * per_layer
 
 
@@ -211,7 +212,8 @@ def test_skan_custom_backward_equals_autograd_through_the_basis(family):
 
 
 def test_skan_phi_gradients_equal_the_weighted_pool_formula():
-    """Every gradient equals autograd through φ(x)_j = Σ_i Σ_f w[i,f] Σ_k c_f[i,k,j]·basis(s_i·x_i)."""
+    """Every gradient equals autograd through
+    φ(x)_j = Σ_i Σ_f w[i,f] Σ_k c_f[i,k,j]·basis(s_i·x_i) + Σ_i w_b[j,i]·silu(x_i)."""
     torch.manual_seed(0)
     phi = SKANPhi(6, 3)
     with torch.no_grad():
@@ -223,9 +225,12 @@ def test_skan_phi_gradients_equal_the_weighted_pool_formula():
     got = torch.autograd.grad(phi(x).square().sum(), params)
     u = x * phi.scale
     w = phi.weights()
-    reference = sum(
-        (skan_module.basis(f, u, phi.grid) * w[:, i, None]).flatten(-2) @ phi.coeff[i].flatten(0, 1)
-        for i, f in enumerate(phi.families)
+    reference = (
+        sum(
+            (skan_module.basis(f, u, phi.grid) * w[:, i, None]).flatten(-2) @ phi.coeff[i].flatten(0, 1)
+            for i, f in enumerate(phi.families)
+        )
+        + torch.nn.functional.silu(x) @ phi.base_weight.T
     )
     want = torch.autograd.grad(reference.square().sum(), params)
     for g, r in zip(got, want, strict=True):

@@ -6,7 +6,8 @@ Features absent by design are skipped by name (see `ABSENT`), never silently.
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, StaticCache
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, StaticCache
+from transformers.testing_utils import set_config_for_less_flaky_test
 
 from plait.modeling import PlaitForCausalLM
 from plait.modeling.transformers_compat import OUTPUT_CACHE_FIELD, output_cache
@@ -103,6 +104,38 @@ def test_cache_under_either_name(variant):
     torch.testing.assert_close(step_new[:, -1], model(ids[:, :6]).logits[:, -1], rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="passed twice"):
         model(ids, cache=output_cache(prefill), past_key_values=output_cache(legacy))
+
+
+def test_old_cache_name_warns_exactly_as_llama_does():
+    """From transformers 5.24 on the cache is `cache`; `past_key_values=` warns through the same decorator."""
+    plait = model_for("baseline")
+    llama = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2
+        )
+    ).eval()
+    ids = torch.randint(1, 128, (1, 5))
+    messages = []
+    for model in (plait, llama):
+        prefill = model(ids[:, :4], use_cache=True)
+        with pytest.warns(FutureWarning) as caught:
+            model(ids[:, 4:], past_key_values=output_cache(prefill), use_cache=True)
+        messages.append(str(caught[0].message).replace(type(model).__name__, "<Model>"))
+    assert messages[0] == messages[1]
+    assert messages[0].startswith("`past_key_values` is deprecated")
+
+
+def test_eager_matches_sdpa_after_transformers_test_config(variant, tmp_path):
+    """transformers' SDPA-vs-eager test: the norm epsilons set on the config, saved, reloaded per backend."""
+    model = model_for(variant)
+    set_config_for_less_flaky_test(model.config)
+    model.save_pretrained(tmp_path)
+    ids = torch.randint(1, 128, (2, 7))
+    eager, sdpa = (
+        AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation=name).eval()(ids).logits
+        for name in ("eager", "sdpa")
+    )
+    torch.testing.assert_close(eager, sdpa, rtol=1e-4, atol=1e-5)
 
 
 def test_greedy_generation_with_cache_equals_without(variant):
