@@ -121,14 +121,22 @@ def load_sweep(path: str | Path) -> Sweep:
         raise SweepError(f"sweep file {path} must hold a mapping, got {type(data).__name__}")
     # the optional sections are built on their own: `_build` nests only sections that are always present
     sections = {name: data.pop(name) for name in ("match", "ladder") if data.get(name) is not None}
-    spec = _build(SweepFile, data, "")
-    spec.match = _build(Match, sections["match"], "match") if "match" in sections else None
-    spec.ladder = _build(Ladder, sections["ladder"], "ladder") if "ladder" in sections else None
+    spec = _section(SweepFile, data, "")
+    spec.match = _section(Match, sections["match"], "match") if "match" in sections else None
+    spec.ladder = _section(Ladder, sections["ladder"], "ladder") if "ladder" in sections else None
     if not spec.recipe:
         raise SweepError("recipe is not set; give a recipe file or a shipped recipe name")
     base = path.parent / spec.recipe
     base = base if base.is_file() else resolve_recipe_path(spec.recipe)
     return Sweep(spec, path, base, _variants(spec))
+
+
+def _section(cls: type, data: Any, prefix: str) -> Any:
+    """A sweep file section checked by the recipe's own validation (types, choices, unknown keys)."""
+    try:
+        return _build(cls, data, prefix)
+    except RecipeError as e:
+        raise SweepError(str(e).replace("the recipe's top level", "the sweep file's top level")) from None
 
 
 def _variants(spec: SweepFile) -> dict[str, list[str]]:
