@@ -274,11 +274,10 @@ def plan(sweep: Sweep) -> list[PlannedRun]:
         common = list(spec.set)
         if size is not None:
             common += [f"{key}={value * size}" for key, value in spec.ladder.scale.items()]
-        base_overrides = [*common, *sweep.variants[sweep.baseline]]
-        parameters, per_token, tokens = measure(_recipe(sweep, base_overrides, f"variant {sweep.baseline!r}"))
+        base = _recipe(sweep, [*common, *sweep.variants[sweep.baseline]], f"variant {sweep.baseline!r}")
+        parameters, per_token, per_sample = measure(base)
         if size is not None and spec.ladder.tokens_per_parameter is not None:
-            base = _recipe(sweep, base_overrides, f"variant {sweep.baseline!r}")
-            per_step = base.train.micro_batch_size * base.train.grad_accum * tokens
+            per_step = base.train.micro_batch_size * base.train.grad_accum * per_sample
             steps = max(1, math.ceil(spec.ladder.tokens_per_parameter * parameters / per_step))
             common.append(f"train.max_steps={steps}")
         target = parameters if spec.match is None or spec.match.by == "params" else per_token
@@ -287,6 +286,7 @@ def plan(sweep: Sweep) -> list[PlannedRun]:
             overrides, matched = [*common, *sweep.variants[name]], None
             if spec.match is not None and name != sweep.baseline:
                 overrides, matched = _match(sweep, overrides, target, what)
+            size_of = measure(_recipe(sweep, overrides, what))  # (parameters, FLOPs/token, tokens/sample)
             for seed in spec.seeds:
                 run_dir = Path(
                     spec.output_dir, *([f"size{size}"] if size is not None else []), name, f"seed{seed}"
@@ -298,9 +298,7 @@ def plan(sweep: Sweep) -> list[PlannedRun]:
                     "checkpoint.resume=auto",
                 ]
                 recipe = _recipe(sweep, full, what)
-                parameters, per_token, tokens = measure(recipe)
-                steps = recipe.train.max_steps * recipe.train.micro_batch_size * recipe.train.grad_accum
-                runs.append(
-                    PlannedRun(size, name, seed, full, recipe, parameters, per_token, steps * tokens, matched)
-                )
+                t = recipe.train
+                tokens = t.max_steps * t.micro_batch_size * t.grad_accum * size_of[2]
+                runs.append(PlannedRun(size, name, seed, full, recipe, *size_of[:2], tokens, matched))
     return runs
