@@ -23,6 +23,7 @@ from typing import Any
 import torch
 import yaml
 
+from .lifecycle import one_warning_each
 from .recipe import Recipe, RecipeError
 from .sweep_spec import PlannedRun, Sweep, load_sweep, plan
 
@@ -175,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", action="store_true", help="only collect finished runs and report")
     parser.add_argument("--plan", action="store_true", help="print the planned runs and exit")
     args = parser.parse_args(argv)
+    one_warning_each()
     try:
         sweep = load_sweep(args.sweep)
         runs = plan(sweep)

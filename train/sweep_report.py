@@ -84,7 +84,7 @@ def summarize(sweep: Sweep, results: list[dict[str, Any]]) -> dict[str, Any]:
     summary = {
         "sweep": sweep.name,
         "sweep_file": str(sweep.path),
-        "base_recipe": str(sweep.base),
+        "base_recipe": spec.recipe,
         "baseline": baseline,
         "seeds": spec.seeds,
         "confidence": CONFIDENCE,
