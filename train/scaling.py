@@ -22,7 +22,9 @@ def power_law(c: np.ndarray, e: float, a: float, alpha: float) -> np.ndarray:
 
 def fit_power_law(compute: Sequence[float], loss: Sequence[float]) -> dict:
     """E, A, alpha with their intervals (None where the points leave no degrees of freedom), C0, the point
-    count, or `error` when the points cannot determine the curve (fewer than three distinct computes)."""
+    count and the parameters that ended on a bound of the search (E in [0, min loss], A >= 0, alpha in
+    [0, 5]: such a value is not determined by the points), or `error` when the points cannot determine the
+    curve (fewer than three distinct computes)."""
     c = np.asarray(compute, dtype=float)
     y = np.asarray(loss, dtype=float)
     if len(np.unique(c)) < 3:
@@ -43,7 +45,13 @@ def fit_power_law(compute: Sequence[float], loss: Sequence[float]) -> dict:
     if dof > 0 and np.all(np.isfinite(covariance)):
         scale = stats.t.ppf(0.5 + CONFIDENCE / 2, dof)
         half = [float(scale * math.sqrt(max(v, 0.0))) for v in np.diag(covariance)]
-    fit = {"n": len(c), "c0": c0, "degrees_of_freedom": dof}
+    lower, upper = [0, 0, 0], [y.min(), np.inf, 5]
+    at_bound = [
+        name
+        for name, value, low, high in zip(("E", "A", "alpha"), params, lower, upper, strict=True)
+        if np.isclose(value, low, atol=1e-6) or np.isclose(value, high, atol=1e-6)
+    ]
+    fit = {"n": len(c), "c0": c0, "degrees_of_freedom": dof, "at_bound": at_bound}
     for name, value, h in zip(("E", "A", "alpha"), params, half, strict=True):
         fit[name] = {
             "value": float(value),

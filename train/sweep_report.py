@@ -228,6 +228,12 @@ def markdown(summary: dict[str, Any]) -> str:
                 spread = "" if p["low"] is None else f" [{p['low']:.4g}, {p['high']:.4g}]"
                 cells.append(f"{p['value']:.4g}{spread}")
             lines.append(f"| `{variant}` | " + " | ".join(cells) + f" | {fit['c0']:.3g} | {fit['n']} |")
+        for variant, fit in scaling["fits"].items():
+            if fit.get("at_bound"):
+                lines.append(
+                    f"\n`{variant}`: {', '.join(fit['at_bound'])} ended on a bound of the fit, so it is not "
+                    "determined by these points (more sizes, or sizes further apart, are needed)."
+                )
     if summary["failed"] or summary["not_finished"]:
         lines += ["", "## Runs left out", ""]
         lines += [f"- `{f['id']}` failed: {f['error']}" for f in summary["failed"]]

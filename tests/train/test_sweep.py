@@ -93,6 +93,11 @@ def test_power_law_fit_recovers_known_parameters():
     fit = fit_power_law(compute, loss)
     for name, true in (("E", 2.0), ("A", 3.0), ("alpha", 0.4)):
         assert fit[name]["low"] < true < fit[name]["high"], (name, fit[name])
+    assert fit["at_bound"] == []
+    flat = fit_power_law(
+        [1, 1, 10, 10, 100, 100], [5.8, 5.85, 5.1, 5.2, 4.6, 4.5]
+    )  # a straight line in log C
+    assert "E" in flat["at_bound"]  # no irreducible loss visible: E is not determined, and the fit says so
     assert "error" in fit_power_law([1.0, 2.0, 2.0], [3.0, 2.0, 2.1])
 
 
