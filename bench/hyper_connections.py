@@ -2,7 +2,11 @@
 and (with --ablation) validation loss after the same token budget on the default corpus.
 
     python bench/hyper_connections.py --out bench/results/hyper_connections_cpu.json
-    python bench/hyper_connections.py --ablation --out bench/results/hyper_connections_ablation_cpu.json
+    python bench/hyper_connections.py --ablation    # = plait-sweep bench/sweeps/hc_ablation.yaml
+
+The ablation is the shipped sweep `bench/sweeps/hc_ablation.yaml` (three seeds paired by seed, parameter
+counts matched, mean ± 95% intervals and paired differences): its report goes where that file says
+(bench/results/sweep_hc_ablation_cpu.{md,json,png}).
 
 Memory: on CUDA the peak allocated memory of one step; on CPU (no allocator statistics) the bytes autograd
 saves for backward during the forward (unique storages), which is what the n-stream residual multiplies.
@@ -24,6 +28,9 @@ import transformers
 
 from plait.modeling import PlaitConfig, PlaitForCausalLM
 from plait.modeling.weight_decay import parameter_groups
+from plait.train.sweep import run_sweep
+
+ABLATION = Path(__file__).parent / "sweeps" / "hc_ablation.yaml"
 
 VARIANTS = [
     ("plain", {}),
@@ -89,61 +96,6 @@ def measure(config: PlaitConfig, batch: int, seq: int, steps: int, device: str) 
     }
 
 
-def ablation(args, device: str) -> dict:
-    """Same model size, same token budget, same data order: validation loss of each variant."""
-    from datasets import Dataset
-
-    from plait.eval.corpus import default_corpus
-    from plait.eval.perplexity import evaluate_loss
-    from plait.train.tokenizer import train_bpe_tokenizer
-
-    corpus = default_corpus(max_files=args.corpus_files)
-    tokenizer = train_bpe_tokenizer(corpus["train"]["text"], vocab_size=args.vocab)
-
-    def tokens(split):
-        ids = []
-        for text in corpus[split]["text"]:
-            ids.extend(tokenizer(text)["input_ids"] + [tokenizer.eos_token_id])
-        return torch.tensor(ids)
-
-    train, val = tokens("train"), tokens("validation")
-    span = args.seq + 1
-    n_val = min(len(val) // span, 64)
-    # Validation blocks of `seq` tokens (the training input length), scored by plait.eval.
-    val_blocks = Dataset.from_dict({"input_ids": val[: n_val * span].view(n_val, span)[:, :-1].tolist()})
-    g = torch.Generator().manual_seed(0)
-    starts = torch.randint(0, len(train) - span, (args.train_steps, args.batch), generator=g)
-    results = {}
-    for residual, extra in VARIANTS:
-        torch.manual_seed(0)
-        config = PlaitConfig(**base_config(args, tokenizer.vocab_size + 2), residual=residual, **extra)
-        model = PlaitForCausalLM(config).to(device)
-        opt = torch.optim.AdamW(parameter_groups(model, 0.1), lr=args.lr)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20))
-        start = time.perf_counter()
-        for step in range(args.train_steps):
-            batch = torch.stack([train[s : s + span] for s in starts[step]]).to(device)
-            loss = model(input_ids=batch[:, :-1], labels=batch[:, :-1]).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-        val_loss = evaluate_loss(model, val_blocks, batch_size=8)["loss"]
-        results[label(residual, extra)] = {
-            "val_loss": val_loss,
-            "final_train_loss": loss.item(),
-            "train_time_s": time.perf_counter() - start,
-        }
-        print(label(residual, extra), results[label(residual, extra)], flush=True)
-    return {
-        "tokens_per_variant": args.train_steps * args.batch * args.seq,
-        "validation_tokens": n_val * args.seq,
-        "corpus_files": args.corpus_files,
-        "results": results,
-    }
-
-
 def base_config(args, vocab_size: int) -> dict:
     return dict(
         vocab_size=vocab_size,
@@ -167,11 +119,11 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=2048)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--ablation", action="store_true", help="train each variant and report val loss")
-    parser.add_argument("--train-steps", type=int, default=200)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--corpus-files", type=int, default=300)
+    parser.add_argument("--ablation", action="store_true", help=f"run the sweep {ABLATION} (plait-sweep)")
     args = parser.parse_args()
+    if args.ablation:
+        run_sweep(ABLATION)
+        return
     torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     report = {
@@ -189,19 +141,16 @@ def main() -> None:
         if device == "cuda"
         else "bytes saved for backward (unique storages)",
     }
-    if args.ablation:
-        report["ablation"] = ablation(args, device)
-    else:
-        rows = {}
-        for residual, extra in VARIANTS:
-            config = PlaitConfig(**base_config(args, args.vocab), residual=residual, **extra)
-            rows[label(residual, extra)] = measure(config, args.batch, args.seq, args.steps, device)
-            print(label(residual, extra), rows[label(residual, extra)], flush=True)
-        plain = rows["plain"]
-        for row in rows.values():
-            row["step_time_vs_plain"] = row["step_time_s"] / plain["step_time_s"]
-            row["memory_vs_plain"] = row["memory_bytes"] / plain["memory_bytes"]
-        report["results"] = rows
+    rows = {}
+    for residual, extra in VARIANTS:
+        config = PlaitConfig(**base_config(args, args.vocab), residual=residual, **extra)
+        rows[label(residual, extra)] = measure(config, args.batch, args.seq, args.steps, device)
+        print(label(residual, extra), rows[label(residual, extra)], flush=True)
+    plain = rows["plain"]
+    for row in rows.values():
+        row["step_time_vs_plain"] = row["step_time_s"] / plain["step_time_s"]
+        row["memory_vs_plain"] = row["memory_bytes"] / plain["memory_bytes"]
+    report["results"] = rows
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
 

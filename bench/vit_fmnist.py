@@ -1,5 +1,5 @@
 """The ViT goal: `plait-train vit_tiny_fmnist` reaching >= 91% Fashion-MNIST test top-1 within 30 minutes of
-wall time on 2 CPU cores, data loading included; optionally a per-variant table at one budget.
+wall time on 2 CPU cores, data loading included; with --variants, the per-variant table (a sweep).
 
 Runs the recipe through the real training path (`plait.train.trainer.run`, as `plait-train` does), times the
 whole run from before the data is read, and writes the test-accuracy curve (the trainer evaluates every
@@ -7,8 +7,11 @@ whole run from before the data is read, and writes the test-accuracy curve (the 
 of the curves (matplotlib: `pip install -e .[bench]`).
 
     OMP_NUM_THREADS=2 python bench/vit_fmnist.py --out bench/results/vit_fmnist_cpu.json
-    python bench/vit_fmnist.py --variants plain,mhc,lssa --set train.max_steps=300 \\
-        --out bench/results/vit_fmnist_variants_cpu.json       # the same budget for each variant
+    python bench/vit_fmnist.py --variants      # = plait-sweep bench/sweeps/vit_fmnist_variants.yaml
+
+The variant table is the shipped sweep `bench/sweeps/vit_fmnist_variants.yaml` (each component as a switch,
+three seeds paired by seed, mean ± 95% intervals and paired differences to plain); its report goes where that
+file says (bench/results/sweep_vit_fmnist_variants_cpu.{md,json,png}). `--variants OTHER.yaml` runs another.
 """
 
 from __future__ import annotations
@@ -25,19 +28,10 @@ import transformers
 from transformers import TrainerCallback
 
 from plait.train.recipe import load_recipe
+from plait.train.sweep import run_sweep
 from plait.train.trainer import device_name, run
 
-VARIANTS = {  # model.config overrides of each row of the per-variant table
-    "plain": [],
-    "mhc": ["model.config.residual=mhc", "model.config.hc_streams=4"],
-    "kromhc": ["model.config.residual=kromhc", "model.config.hc_streams=4"],
-    "shc": ["model.config.residual=shc", "model.config.hc_streams=4"],
-    "polynorm": ["model.config.mlp_act=polynorm"],
-    "lssa": ["model.config.attention=lssa"],
-    "pararnn_hybrid": [
-        "model.config.layer_types=[pararnn_gru,full_attention,pararnn_gru,full_attention,pararnn_gru,full_attention]"
-    ],
-}
+VARIANTS = Path(__file__).parent / "sweeps" / "vit_fmnist_variants.yaml"
 
 
 def curves(log_history: list[dict]) -> dict[str, list]:
@@ -114,32 +108,32 @@ def plot(results: list[dict], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="bench/results/vit_fmnist_cpu.json")
-    parser.add_argument("--variants", default="plain", help=f"comma-separated, of {', '.join(VARIANTS)}")
+    parser.add_argument(
+        "--variants", nargs="?", const=str(VARIANTS), help="run the variant sweep (default: %(const)s)"
+    )
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="recipe override")
     parser.add_argument("--output-dir", default="outputs/bench_vit_fmnist")
     args = parser.parse_args()
+    if args.variants:
+        run_sweep(args.variants)
+        return
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    # variants already measured in --out are kept, so a long table can be run in parts
-    results = json.loads(out.read_text())["results"] if out.exists() else []
-    for name in args.variants.split(","):
-        if any(r["variant"] == name for r in results):
-            continue
-        results.append(train_variant(name, [*args.overrides, *VARIANTS[name]], Path(args.output_dir)))
-        print(json.dumps({k: results[-1][k] for k in ("variant", "wall_seconds", "test_accuracy")}))
-        report = {
-            "benchmark": "plait-train vit_tiny_fmnist: Fashion-MNIST test top-1 and wall time, data included",
-            "device": device_name(),
-            "cpu_count": os.cpu_count(),
-            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-            "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "python": platform.python_version(),
-            "results": results,
-        }
-        out.write_text(json.dumps(report, indent=1))
-        plot(results, out.with_suffix(".png"))
+    results = [train_variant("plain", args.overrides, Path(args.output_dir))]
+    print(json.dumps({k: results[-1][k] for k in ("variant", "wall_seconds", "test_accuracy")}))
+    report = {
+        "benchmark": "plait-train vit_tiny_fmnist: Fashion-MNIST test top-1 and wall time, data included",
+        "device": device_name(),
+        "cpu_count": os.cpu_count(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "results": results,
+    }
+    out.write_text(json.dumps(report, indent=1))
+    plot(results, out.with_suffix(".png"))
 
 
 if __name__ == "__main__":

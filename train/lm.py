@@ -92,4 +92,5 @@ def build_lm_task(recipe: Recipe, args: TrainingArguments) -> Task:
             "limit": recipe.eval.limit,
             "batch_size": recipe.eval.batch_size,
         },
+        evaluate_at_end=bool(recipe.eval.every),  # the final model's validation loss, whatever the step count
     )

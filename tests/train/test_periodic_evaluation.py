@@ -28,6 +28,14 @@ def test_periodic_evaluation_logs_and_matches_the_saved_model(tmp_path):
     assert again["copa/acc"] == evaluations[-1]["eval_copa/acc"]
 
 
+def test_the_final_model_is_evaluated_when_the_steps_are_not_a_multiple(tmp_path):
+    data = tiny_recipe(tmp_path / "run")  # 4 steps
+    data["eval"] = {"every": 3, "max_documents": 2}
+    data["checkpoint"] = {"every": 0, "save_final": False}
+    result = run(recipe_from_dict(data))
+    assert [entry["step"] for entry in result.log_history if "eval_loss" in entry] == [3, 4]
+
+
 def test_eval_recipe_is_validated(tmp_path):
     data = tiny_recipe(tmp_path)
     with pytest.raises(RecipeError, match=r"eval.tasks has unknown task\(s\) \['hellaswagg'\]"):
