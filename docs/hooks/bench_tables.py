@@ -137,14 +137,6 @@ def _hc_cost(d):
     return rows
 
 
-@table("hyper_connections_ablation", "hyper_connections_ablation_cpu.json")
-def _hc_ablation(d):
-    rows = [header("residual | validation loss | final training loss")]
-    for name, r in d["ablation"]["results"].items():
-        rows.append([name, f"{r['val_loss']:.3f}", f"{r['final_train_loss']:.3f}"])
-    return rows
-
-
 @table("kernels", "kernels_cpu.json")
 def _kernels(d):
     rows = [header("operator (fp32) | shape | forward + backward ms | saved for backward")]
@@ -417,7 +409,41 @@ def _vit_rows(d):
 
 
 table("vit_fmnist", "vit_fmnist_cpu.json")(_vit_rows)
-table("vit_fmnist_variants", "vit_fmnist_variants_cpu.json")(_vit_rows)
+
+
+def _g(x: float) -> str:
+    return f"{x:.4g}"
+
+
+def _sweep(d):
+    """A `plait-sweep` report: per size and variant, each metric's mean with its 95% interval over seeds
+    and the paired difference to the baseline (interval, p-value; ✓ where the interval excludes 0)."""
+    metrics = list(d["metrics"])
+    ladder = any(size["size"] is not None for size in d["sizes"])
+    cols = (["size"] if ladder else []) + ["variant", "parameters", "seeds"]
+    cols += [f"{m} (mean [95% CI])" for m in metrics] + [f"Δ {m} vs {d['baseline']}" for m in metrics]
+    rows = [cols]
+    for size in d["sizes"]:
+        for v in size["variants"]:
+            cells = ([str(size["size"])] if ladder else []) + [f"`{v['variant']}`", f"{v['parameters']:,}"]
+            cells.append(str(len(v["seeds"])))
+            for m in metrics:
+                r = v["metrics"].get(m)
+                interval = f"{_g(r['mean'])} [{_g(r['low'])}, {_g(r['high'])}]" if r and r["n"] > 1 else "–"
+                cells.append(interval)
+            for m in metrics:
+                r = (v.get("vs_baseline") or {}).get(m)
+                if not r or r["n"] < 2:
+                    cells.append("–")
+                    continue
+                mark = " ✓" if r["resolved"] else ""
+                cells.append(f"{r['mean']:+.3g} [{r['low']:+.3g}, {r['high']:+.3g}] p={r['p']:.2g}{mark}")
+            rows.append(cells)
+    return rows
+
+
+for _name in ("hc_ablation", "vit_fmnist_variants", "hc_ladder"):
+    table(f"sweep_{_name}", f"sweep_{_name}_cpu.json")(_sweep)
 
 
 def on_startup(command: str, dirty: bool) -> None:
