@@ -193,6 +193,12 @@ def iter_piece(path: Path, kind: str, start: int, stop: int, text_field: str, ke
             pos += len(raw)
 
 
+def iter_file(path: Path, text_field: str, key: str) -> Iterator[str]:
+    """One file's validated texts, read as a stream."""
+    for _, kind, start, stop in _pieces([path]):
+        yield from iter_piece(path, kind, start, stop, text_field, key)
+
+
 def iter_documents(data: DataRecipe) -> Iterator[str]:
     """The source's document texts as a validated stream (`data.max_documents` of them at most)."""
     if data.source != "files":

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -115,3 +116,34 @@ class PreparedTokens:
         """Offsets (relative to `start`) of the documents that start in [start, stop)."""
         lo, hi = np.searchsorted(self.doc_starts, [start, stop])
         return self.doc_starts[lo:hi] - start
+
+
+def check_mixture(mixture: list[dict]) -> None:
+    """`data.mixture`: {path, weight} entries, each directory once, weights positive and finite."""
+    if not mixture:
+        raise RecipeError(
+            "data.mixture is empty but data.source='prepared'; list {path: DIR, weight: W} entries"
+        )
+    seen: dict[Path, int] = {}
+    for i, entry in enumerate(mixture):
+        unknown = sorted(set(entry) - {"path", "weight"})
+        if unknown or not isinstance(entry.get("path"), str):
+            raise RecipeError(f"data.mixture[{i}]={entry!r} is not valid; expected {{path: DIR, weight: W}}")
+        weight = entry.setdefault("weight", 1.0)
+        if (
+            isinstance(weight, bool)
+            or not isinstance(weight, (int, float))
+            or not math.isfinite(weight)
+            or weight <= 0
+        ):
+            raise RecipeError(
+                f"data.mixture[{i}].weight={weight!r} is not valid; expected a positive finite number"
+            )
+        path = Path(entry["path"]).expanduser().resolve()
+        if path in seen:
+            raise RecipeError(
+                f"data.mixture[{i}].path={entry['path']!r} repeats data.mixture[{seen[path]}]; list a source "
+                "once (raise its weight instead)"
+            )
+        seen[path] = i
+        read_manifest(path, f"data.mixture[{i}].path")
