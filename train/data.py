@@ -266,6 +266,11 @@ def open_mixture(
                 f"{tokens.manifest['tokenizer_fingerprint']}, this run's is {fingerprint}); prepare it with "
                 "the run's tokenizer"
             )
+        if data.document_masking and tokens.tokens == len(tokens.doc_starts):
+            raise RecipeError(
+                f"data.mixture[{i}].path={entry['path']!r}: no token has a label to learn (every document is "
+                "empty: only its EOS)"
+            )
         sources.append(tokens)
     return sources, [float(e["weight"]) for e in entries]
 
