@@ -14,10 +14,12 @@ For each corpus size (MB of JSONL, documents of the embedded corpus drawn at ran
 - `first_sample_ms_at`: time to the first sample of a fresh dataset at global sample 0 and at the last
   one: resuming reads nothing it skips.
 
-With `--baseline-mb`, the same measures of the previous path (`datasets.map` tokenisation and packing into
-Arrow blocks, `plait.train.data.tokenize_and_pack`, num_proc = cores) on the smallest corpus.
+With `--litdata-mb` (litdata installed), the same corpus through litdata's `optimize` + `TokensLoader`
+(the alternative compared with). With `--baseline-mb`, the same measures of the previous path
+(`datasets.map` tokenisation and packing into Arrow blocks, `plait.train.data.tokenize_and_pack`,
+num_proc = cores).
 
-    python bench/data_pipeline.py --sizes-mb 64 256 1024 --baseline-mb 64
+    python bench/data_pipeline.py --sizes-mb 64 256 1024 --baseline-mb 64 --litdata-mb 64
 """
 
 from __future__ import annotations
@@ -159,6 +161,65 @@ def phase_baseline(corpus: Path, tokenizer: Path, cache: Path) -> dict:
     }
 
 
+def _litdata_tokens(piece):
+    """litdata `optimize` worker: one JSONL piece's documents as int32 token tensors, EOS appended."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from plait.train.prepare import _batches, iter_piece
+
+    path, start, stop, tokenizer = piece
+    tok = AutoTokenizer.from_pretrained(tokenizer)
+    for batch in _batches(iter_piece(Path(path), "lines", start, stop, "text", "litdata"), 512):
+        for ids in tok(batch, add_special_tokens=False)["input_ids"]:
+            yield torch.tensor([*ids, tok.eos_token_id], dtype=torch.int32)
+
+
+def phase_litdata(corpus: Path, tokenizer: Path, out: Path) -> dict:
+    """The same corpus through litdata (`optimize` with a `TokensLoader`, then `StreamingDataset` windows):
+    the alternative compared with (installed separately: `pip install litdata`)."""
+    import litdata
+    from litdata import StreamingDataset, TokensLoader, optimize
+
+    from plait.train.prepare import CHUNK_BYTES
+
+    size = corpus.stat().st_size
+    pieces = [
+        (str(corpus), s, min(size, s + CHUNK_BYTES), str(tokenizer)) for s in range(0, size, CHUNK_BYTES)
+    ]
+    start = time.perf_counter()
+    optimize(
+        fn=_litdata_tokens,
+        inputs=pieces,
+        output_dir=str(out),
+        chunk_size=(SEQ_LEN + 1) * 4096,
+        item_loader=TokensLoader(),
+        num_workers=os.cpu_count(),
+    )
+    seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    data = StreamingDataset(
+        str(out), item_loader=TokensLoader(block_size=SEQ_LEN), shuffle=True, drop_last=True
+    )
+    open_s = time.perf_counter() - start
+    n = min(len(data), 4000)
+    start = time.perf_counter()
+    for i in range(n):
+        data[i]
+    loader = n * SEQ_LEN / (time.perf_counter() - start)
+    tokens = len(data) * SEQ_LEN
+    stored = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    return {
+        "litdata_version": litdata.__version__,
+        "litdata_prepare_s": seconds,
+        "litdata_prepare_tokens_per_s": tokens / seconds,
+        "litdata_bytes_per_token": stored / tokens,
+        "litdata_open_s": open_s,
+        "litdata_loader_tokens_per_s_no_document_masking": loader,
+        **{f"litdata_{k}": v for k, v in _peaks().items()},
+    }
+
+
 def in_subprocess(phase: str, *args: str) -> dict:
     """Each phase in a fresh process: its peak memory is its own."""
     cmd = [sys.executable, __file__, "--phase", phase, *args]
@@ -194,6 +255,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes-mb", type=int, nargs="+", default=[64, 256, 1024])
     parser.add_argument("--baseline-mb", type=int, help="also measure the previous path at this size")
+    parser.add_argument("--litdata-mb", type=int, help="also measure litdata (if installed) at this size")
     parser.add_argument("--work-dir", default="/tmp/plait-data-bench")
     parser.add_argument("--out", default="bench/results/data_pipeline_cpu.json")
     parser.add_argument("--phase", help=argparse.SUPPRESS)
@@ -239,6 +301,11 @@ def main() -> None:
             shutil.rmtree(cache, ignore_errors=True)
             row |= in_subprocess("baseline", str(corpus), str(tokenizer), str(cache))
             shutil.rmtree(cache, ignore_errors=True)
+        if mb == args.litdata_mb:
+            lit = work / f"litdata-{mb}mb"
+            shutil.rmtree(lit, ignore_errors=True)
+            row |= in_subprocess("litdata", str(corpus), str(tokenizer), str(lit))
+            shutil.rmtree(lit, ignore_errors=True)
         shutil.rmtree(prepared, ignore_errors=True)
         print(json.dumps(row), flush=True)
         results.append(row)

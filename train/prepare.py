@@ -42,6 +42,14 @@ SHARD_DOCUMENTS = 4096  # documents per shard of a hub / disk / embedded source
 ENCODE_BATCH = 512  # documents per encode_batch call
 PLAN = "plan.json"  # what an unfinished preparation is making (a resumed one must make the same)
 LOCK = ".prepare.lock"
+PLAN_KEYS = (
+    "source",
+    "name",
+    "subset",
+    "split",
+    "text_field",
+    "max_documents",
+)  # the DataRecipe fields it reads
 JSON_SUFFIXES = {".json", ".jsonl"}
 
 
@@ -319,9 +327,6 @@ def _plan(data: DataRecipe, tokenizer, files: list[Path]) -> dict:
         "dtype": dtype_for(len(tokenizer)).name,
         "source": source,
     }
-
-
-PLAN_KEYS = ("source", "name", "subset", "split", "text_field", "max_documents")
 
 
 def plan_key(data: DataRecipe, tokenizer) -> str:
