@@ -242,6 +242,9 @@ def plot(results: list[dict], path: Path) -> None:
     ):
         ax.plot(sizes, [r[key] / 1e6 for r in results], marker="o", label=label)
     ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xticks(sizes, [str(s) for s in sizes])
+    ax.minorticks_off()
     ax.set_xlabel("corpus size (MB of JSONL)")
     ax.set_ylabel("M tokens / s")
     ax.set_title(f"data pipeline, {os.cpu_count()} CPU cores")
@@ -267,6 +270,7 @@ def main() -> None:
             "prepare": phase_prepare,
             "loader": phase_loader,
             "baseline": phase_baseline,
+            "litdata": phase_litdata,
         }
         values = [int(a) if a.isdigit() else Path(a) for a in args.args]
         print(json.dumps(phases[args.phase](*values)))
