@@ -12,9 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from transformers import AutoTokenizer
 
 import plait.train.prepare as prepare_module
 from plait.train.data import pack_documents
+from plait.train.data_cli import main
 from plait.train.mixture import BLOCK, MixtureDataset
 from plait.train.prepare import _locked, prepare
 from plait.train.prepared import MANIFEST, PreparedTokens
@@ -27,11 +29,15 @@ TEXTS = [f"document {i}: " + " ".join(f"w{(i * j) % 97}" for j in range(i % 40))
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory):
-    tok = train_bpe_tokenizer(iter(TEXTS), vocab_size=300, model_max_length=64)
+def tokenizer_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("tokenizer")
-    tok.save_pretrained(path)
-    return tok
+    train_bpe_tokenizer(iter(TEXTS), vocab_size=300, model_max_length=64).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tokenizer_dir):
+    return AutoTokenizer.from_pretrained(tokenizer_dir)
 
 
 def write_jsonl(path: Path, texts: list[str]) -> Path:
@@ -93,6 +99,28 @@ def test_an_interrupted_preparation_keeps_its_finished_shards(tokenizer, tmp_pat
     resumed = PreparedTokens(prepare(files(corpus), tokenizer, tmp_path / "out"))
     assert calls[0] == 2 and (tmp_path / "out" / "tokens-00000.bin").stat().st_ino == first  # kept
     assert resumed.read(0, resumed.tokens).tolist() == reference_stream(tokenizer, TEXTS)
+
+
+def test_plait_data_prepare_command(tokenizer_dir, tokenizer, tmp_path, capsys):
+    corpus = write_jsonl(tmp_path / "a.jsonl", TEXTS)
+    out = tmp_path / "out"
+    args = [
+        "prepare",
+        str(out),
+        str(tmp_path / "*.jsonl"),
+        "--tokenizer",
+        str(tokenizer_dir),
+        "--no-progress",
+    ]
+    main(args)
+    assert f"plait-data: prepared {out}" in capsys.readouterr().out
+    prepared = PreparedTokens(out)
+    assert prepared.read(0, prepared.tokens).tolist() == reference_stream(tokenizer, TEXTS)
+    corpus.write_text(corpus.read_text() + json.dumps({"text": "one more"}) + "\n")  # the source changed
+    with pytest.raises(
+        SystemExit, match=f"^plait-data: error: {out} already holds a preparation of other data"
+    ):
+        main(args)
 
 
 def _prepare_and_wait(corpus, tokenizer, out):
