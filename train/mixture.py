@@ -14,8 +14,11 @@ Mixing by samples is mixing by tokens: every sample is `seq_len` tokens. This is
 with a block-deterministic schedule (as Levanter's mixtures) instead of a precomputed index, so nothing
 needs building before the first step.
 
-Document masking follows `plait.train.data.pack_documents`: with it, `position_ids` restart at 0 where a
-document starts (and at the window start), and the label of a document's first token is -100.
+Document masking (`window_fields`, also used by `plait.train.data.pack_documents`): `position_ids`
+restart at 0 where a document starts (and at the window start). transformers' `create_causal_mask` reads
+such position ids, when no attention mask is passed and no cache is used, as a packed batch and builds a
+block-diagonal causal mask, so attention does not cross documents. The label of a document's first token
+is -100, so no token is trained to predict the next document from the last.
 """
 
 from __future__ import annotations
