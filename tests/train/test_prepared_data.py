@@ -308,3 +308,27 @@ def test_two_processes_resumed_as_one_repeat_the_uninterrupted_losses(two_source
     resumed = run(recipe_from_dict(_recipe(out, list(two_sources), micro_batch=4)))
     assert resumed.trainer.args.world_size == 1
     assert losses(resumed.log_history) == pytest.approx(uninterrupted, rel=1e-5, abs=1e-6)
+
+
+def test_a_text_source_is_prepared_once_into_the_cache_and_reused(tokenizer_dir, tmp_path):
+    corpus = write_jsonl(tmp_path / "a.jsonl", TEXTS)
+    cache = tmp_path / "cache"
+
+    def recipe(out):
+        data = {
+            "source": "files",
+            "paths": [str(corpus)],
+            "tokenizer": str(tokenizer_dir),
+            "cache_dir": str(cache),
+        }
+        return recipe_from_dict(_recipe(out, [], data=data, train={"max_steps": 2}))
+
+    first = run(recipe(tmp_path / "first"))
+    (prepared,) = cache.glob("prepared-*")
+    inode = (prepared / "tokens-00000.bin").stat().st_ino
+    second = run(recipe(tmp_path / "second"))
+    assert (
+        list(cache.glob("prepared-*")) == [prepared]
+        and (prepared / "tokens-00000.bin").stat().st_ino == inode
+    )
+    assert losses(first.log_history) == losses(second.log_history)
