@@ -1,26 +1,18 @@
-"""Training data: load documents, tokenise them with `datasets.map`, pack them into fixed-length blocks.
+"""Training data for the language model: documents in, `seq_len` token windows out.
 
-Sources: the embedded default corpus (`plait.eval.corpus.default_corpus`), local text / JSON(L) / parquet
-files, or a `datasets` hub name (when online). Tokenisation and packing are `datasets.map` calls (batched,
-multiprocess with `num_proc`, cached on disk under `cache_dir`); in streaming mode they run lazily on an
-`IterableDataset`, so corpora that do not fit on disk can be used.
+Pretraining reads prepared directories (`plait.train.prepared`: flat token files, a document index, a
+manifest) through `MixtureDataset` (`plait.train.mixture`). A recipe names them in `data.mixture` with
+weights (`data.source: prepared`), or names a text source (`default`, `files`, `hub`, `disk`), which the
+first run prepares into `data.cache_dir` (`plait.train.prepare`) and later runs reuse.
 
-Packing concatenates documents, each followed by EOS, and cuts the stream into blocks of `seq_len` tokens
-(the tail of each 1000-document packing batch that does not fill a block is dropped). With
-`document_masking`, every block carries `position_ids` that restart at 0 where a document starts (and at
-the block start): transformers' `create_causal_mask` reads such position ids, when no attention mask is
-passed and no cache is used, as a packed batch and builds a block-diagonal causal mask, so attention does
-not cross documents. The label of a document's first token is set to -100, so no token is trained to
-predict the next document from the last.
-
-Order is deterministic: map-style datasets are shuffled by the Trainer's seeded sampler, streaming ones by a
-seeded buffer; both resume at the exact batch (the Trainer skips the batches already consumed).
+`load_documents` / `load_raw` read a source as a `datasets` dataset: held-out text for evaluation, labelled
+data for fine-tuning. `tokenize_and_pack` packs a small in-memory dataset into blocks (the demo).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,9 +23,12 @@ from datasets import Dataset, DatasetDict, IterableDataset, Value, load_dataset,
 
 from plait.eval.corpus import split_documents
 
+from .mixture import IGNORE_INDEX, MixtureDataset, window_fields
+from .prepare import iter_file, plan_key, prepare
+from .prepared import PreparedTokens, tokenizer_fingerprint
 from .recipe import DataRecipe, RecipeError
 
-IGNORE_INDEX = -100
+logger = logging.getLogger(__name__)
 _BUILDERS = {
     ".txt": "text",
     ".text": "text",
@@ -62,49 +57,11 @@ def _builder_for(paths: list[str]) -> str:
     return builders.pop()
 
 
-def check_file(path: Path, builder: str, text_field: str, key: str) -> None:
-    """Read a data file once before `datasets` does, so a bad file is named with its line (a binary or
-    non-UTF-8 file, a malformed JSON line, a missing, null or non-string text field) instead of failing
-    deep inside a library or, worse, being skipped."""
-    if builder == "parquet":
-        return  # columnar and typed: checked on the loaded column
-    raw = path.read_bytes()
-    if b"\0" in raw[:8192]:
-        raise RecipeError(
-            f"{key}={str(path)!r} looks binary (NUL bytes); give UTF-8 text, JSON(L) or parquet"
-        )
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise RecipeError(
-            f"{key}={str(path)!r} line {line}: not UTF-8 ({e.reason}); re-encode the file"
-        ) from None
-    if builder != "json":
-        return
-    if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise RecipeError(f"{key}={str(path)!r} line {e.lineno}: invalid JSON ({e.msg})") from None
-        lines = [(1, row) for row in rows]
-    else:
-        lines = []
-        for number, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                lines.append((number, json.loads(line)))
-            except json.JSONDecodeError as e:
-                raise RecipeError(f"{key}={str(path)!r} line {number}: invalid JSON ({e.msg})") from None
-    for number, row in lines:
-        value = row.get(text_field) if isinstance(row, dict) else None
-        if not isinstance(value, str):
-            problem = "is missing" if not isinstance(row, dict) or text_field not in row else f"is {value!r}"
-            raise RecipeError(
-                f"{key}={str(path)!r} line {number}: the text field {text_field!r} {problem}; every record "
-                "needs a string (set data.text_field to the right column)"
-            )
+def check_file(path: Path, text_field: str, key: str) -> None:
+    """Validate a text or JSON(L) file in one streamed pass (`plait.train.prepare.iter_file`), so a bad
+    file is named with its line instead of failing deep inside a library or, worse, being skipped."""
+    for _ in iter_file(path, text_field, key):
+        pass
 
 
 def check_text_column(ds: Dataset, text_field: str) -> None:
@@ -132,7 +89,8 @@ def load_raw(data: DataRecipe, split: str | None = None) -> Dataset | IterableDa
     if data.source == "files":
         builder = _builder_for(data.paths)
         for i, p in enumerate(data.paths):
-            check_file(Path(p).expanduser(), builder, data.text_field, f"data.paths[{i}]")
+            if builder != "parquet":  # columnar and typed: checked on the loaded column
+                check_file(Path(p).expanduser(), data.text_field, f"data.paths[{i}]")
         kwargs: dict[str, Any] = {"data_files": {split: list(data.paths)}}
         if builder == "text":
             kwargs["sample_by"] = "document"  # one document per file, not per line
@@ -192,48 +150,20 @@ def iter_texts(ds: Dataset | IterableDataset, limit: int) -> Iterator[str]:
         yield row["text"]
 
 
-def tokenizer_fingerprint(tokenizer) -> str:
-    return hashlib.md5(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()[:16]
-
-
 def pack_documents(
     token_lists: list[list[int]], seq_len: int, document_masking: bool
 ) -> dict[str, list[list[int]]]:
-    """Concatenate tokenised documents (EOS already appended) and cut them into `seq_len` blocks.
-
-    Returns `input_ids` and `labels` (and `position_ids` when `document_masking`); a tail shorter than one
-    block is dropped."""
+    """Concatenate tokenised documents (EOS already appended) and cut them into `seq_len` blocks, each with
+    the fields of `window_fields`; a tail shorter than one block is dropped."""
     flat = np.fromiter((t for doc in token_lists for t in doc), dtype=np.int64)
-    starts = np.zeros(len(flat), dtype=bool)
-    offsets = (
-        np.cumsum([0] + [len(doc) for doc in token_lists[:-1]])
-        if token_lists
-        else np.zeros(0, dtype=np.int64)
-    )
-    starts[offsets[offsets < len(flat)]] = True
-    n_blocks = len(flat) // seq_len
-    out: dict[str, list[list[int]]] = {"input_ids": [], "labels": []}
-    if document_masking:
-        out["position_ids"] = []
-    for b in range(n_blocks):
-        ids = flat[b * seq_len : (b + 1) * seq_len]
-        if not document_masking:
-            out["input_ids"].append(ids.tolist())
-            out["labels"].append(ids.tolist())
-            continue
-        block_starts = starts[b * seq_len : (b + 1) * seq_len].copy()
-        labels = ids.copy()
-        labels[block_starts] = (
-            IGNORE_INDEX  # never predict a document's first token from the previous document
-        )
-        block_starts[0] = True
-        # position = index - index of the latest segment start at or before it
-        idx = np.arange(seq_len)
-        last_start = np.maximum.accumulate(np.where(block_starts, idx, 0))
-        out["input_ids"].append(ids.tolist())
-        out["labels"].append(labels.tolist())
-        out["position_ids"].append((idx - last_start).tolist())
-    return out
+    starts = np.cumsum([0] + [len(doc) for doc in token_lists[:-1]]).astype(np.int64)
+    out: dict[str, list[list[int]]] = {}
+    for b in range(len(flat) // seq_len):
+        lo = b * seq_len
+        block_starts = starts[(starts >= lo) & (starts < lo + seq_len)] - lo
+        for name, value in window_fields(flat[lo : lo + seq_len], block_starts, document_masking).items():
+            out.setdefault(name, []).append(value.tolist())
+    return out or {"input_ids": [], "labels": []}
 
 
 def tokenize_and_pack(
@@ -315,29 +245,58 @@ def _packer_fn(block_size: int, document_masking: bool):
     return pack
 
 
+def open_mixture(
+    data: DataRecipe, tokenizer, cache_dir: str | Path
+) -> tuple[list[PreparedTokens], list[float]]:
+    """The recipe's prepared sources and weights: `data.mixture`, or its text source prepared into
+    `cache_dir` (by one process under a lock; the others wait for it, later runs reuse it). Each source's
+    manifest must name this tokenizer."""
+    if data.source == "prepared":
+        entries = data.mixture
+    else:
+        out = Path(cache_dir).expanduser() / f"prepared-{plan_key(data, tokenizer)}"
+        prepare(data, tokenizer, out, num_proc=data.num_proc, wait=True, progress=False)
+        entries = [{"path": str(out), "weight": 1.0}]
+    sources, fingerprint = [], tokenizer_fingerprint(tokenizer)
+    for i, entry in enumerate(entries):
+        tokens = PreparedTokens(entry["path"], f"data.mixture[{i}].path")
+        if tokens.manifest["tokenizer_fingerprint"] != fingerprint:
+            raise RecipeError(
+                f"data.mixture[{i}].path={entry['path']!r} was prepared with another tokenizer (fingerprint "
+                f"{tokens.manifest['tokenizer_fingerprint']}, this run's is {fingerprint}); prepare it with "
+                "the run's tokenizer"
+            )
+        if data.document_masking and tokens.tokens == len(tokens.doc_starts):
+            raise RecipeError(
+                f"data.mixture[{i}].path={entry['path']!r}: no token has a label to learn (every document is "
+                "empty: only its EOS)"
+            )
+        sources.append(tokens)
+    return sources, [float(e["weight"]) for e in entries]
+
+
 def build_lm_dataset(
-    ds: Dataset | IterableDataset,
-    tokenizer,
-    data: DataRecipe,
-    cache_dir: str | Path | None = None,
-    seed: int = 0,
-) -> Dataset | IterableDataset:
-    """The recipe's training blocks: `tokenize_and_pack`, or lazily (tokenise, pack, seeded shuffle buffer)
-    for a streaming dataset."""
-    if isinstance(ds, IterableDataset):
-        if tokenizer.eos_token_id is None:
-            raise RecipeError("the tokenizer has no eos_token; packing needs one to mark document ends")
-        ds = ds.map(_tokenizer_fn(tokenizer, "text"), batched=True, remove_columns=["text"])
-        ds = ds.map(
-            _packer_fn(data.seq_len, data.document_masking),
-            batched=True,
-            batch_size=PACK_BATCH,
-            remove_columns=["input_ids"],
+    data: DataRecipe, tokenizer, cache_dir: str | Path, seed: int, samples_needed: int
+) -> MixtureDataset:
+    """The training windows of `open_mixture`'s sources, refused when the run needs more samples than the
+    mixture gives within `data.max_repeats`; a source that will be read more than once is announced."""
+    sources, weights = open_mixture(data, tokenizer, cache_dir)
+    dataset = MixtureDataset(
+        sources, weights, data.seq_len, seed, len(tokenizer), data.document_masking, data.max_repeats
+    )
+    if samples_needed > len(dataset):
+        raise RecipeError(
+            f"data: the run needs {samples_needed} samples of {data.seq_len} tokens but the data gives "
+            f"{len(dataset)} within data.max_repeats={data.max_repeats}; raise data.max_repeats or add data"
         )
-        return ds.shuffle(seed=seed, buffer_size=data.shuffle_buffer)
-    try:
-        return tokenize_and_pack(
-            ds, tokenizer, data.seq_len, "text", data.num_proc, data.document_masking, cache_dir
-        )
-    except ValueError as e:
-        raise RecipeError(f"data (seq_len={data.seq_len}): {e}") from e
+    for source, drawn, windows in zip(sources, dataset.drawn(samples_needed), dataset.windows, strict=True):
+        if drawn > windows:
+            logger.warning(
+                "data: source %s will be read %.2f times (%d windows of %d tokens; data.max_repeats=%d)",
+                source.name,
+                drawn / windows,
+                windows,
+                data.seq_len,
+                data.max_repeats,
+            )
+    return dataset

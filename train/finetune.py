@@ -49,7 +49,7 @@ from transformers import (
 from plait.modeling.adapters import KANConfig, skan_prune, skan_select
 
 from . import kappatune
-from .data import build_lm_dataset, load_documents, load_raw
+from .data import build_lm_dataset, load_raw
 from .recipe import FinetuneRecipe, Recipe, RecipeError
 from .task import Task
 
@@ -222,11 +222,10 @@ def prepare_finetune(
     tokenizer_source = os.path.expanduser(recipe.data.tokenizer or source)
     if ft.task == "causal_lm":
         processor = AutoTokenizer.from_pretrained(tokenizer_source)
-        documents = load_documents(recipe.data)
-        with args.main_process_first(desc="tokenize and pack"):
-            dataset = build_lm_dataset(
-                documents, processor, recipe.data, cache_dir=cache_dir, seed=recipe.train.seed
-            )
+        samples = recipe.train.max_steps * args.train_batch_size * args.gradient_accumulation_steps
+        dataset = build_lm_dataset(
+            recipe.data, processor, cache_dir, recipe.train.seed, samples * args.world_size
+        )
         collator = default_data_collator
         set_seed(recipe.train.seed)
         model = AutoModelForCausalLM.from_pretrained(source, **load)

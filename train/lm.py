@@ -1,7 +1,9 @@
-"""The `plait-lm` task: the decoder LM (`PlaitForCausalLM`) on packed text blocks (`plait.train.data`)."""
+"""The `plait-lm` task: the decoder LM (`PlaitForCausalLM`) on windows of prepared token streams
+(`plait.train.data`)."""
 
 from __future__ import annotations
 
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -10,16 +12,20 @@ from datasets import Dataset
 from transformers import AutoTokenizer, TrainingArguments, default_data_collator, set_seed
 
 from .data import build_lm_dataset, iter_texts, load_documents
+from .prepare import iter_documents
 from .pretrained import load_pretrained
 from .recipe import Recipe, RecipeError, model_config
 from .task import Task
 
 
-def load_tokenizer(recipe: Recipe, args: TrainingArguments, documents) -> Any:
-    """The recipe's tokenizer, or a byte-level BPE trained on the training text (saved under output_dir so a
-    resumed run uses the very same one); the main process trains it, the others load it."""
+def load_tokenizer(recipe: Recipe, args: TrainingArguments) -> Any:
+    """The recipe's tokenizer; for prepared data, the one saved with the first directory; else a byte-level
+    BPE trained on the training text (saved under output_dir so a resumed run uses the very same one): the
+    main process trains it, the others load it."""
     if recipe.data.tokenizer:
         return AutoTokenizer.from_pretrained(recipe.data.tokenizer)
+    if recipe.data.source == "prepared":
+        return AutoTokenizer.from_pretrained(Path(recipe.data.mixture[0]["path"]).expanduser() / "tokenizer")
     path = Path(recipe.train.output_dir) / "tokenizer"
     with args.main_process_first(desc="train tokenizer"):
         if not (path / "tokenizer.json").exists():
@@ -27,7 +33,7 @@ def load_tokenizer(recipe: Recipe, args: TrainingArguments, documents) -> Any:
 
             vocab = recipe.model.config.get("vocab_size", 8192)
             tok = train_bpe_tokenizer(
-                iter_texts(documents, recipe.data.tokenizer_train_documents),
+                islice(iter_documents(recipe.data), recipe.data.tokenizer_train_documents),
                 vocab_size=vocab,
                 model_max_length=recipe.data.seq_len,
             )
@@ -66,13 +72,12 @@ def build_model(recipe: Recipe, tokenizer) -> torch.nn.Module:
 
 
 def build_lm_task(recipe: Recipe, args: TrainingArguments) -> Task:
-    documents = load_documents(recipe.data)
-    tokenizer = load_tokenizer(recipe, args, documents)
+    tokenizer = load_tokenizer(recipe, args)
     cache_dir = recipe.data.cache_dir or str(Path(recipe.train.output_dir) / "data_cache")
-    with args.main_process_first(desc="tokenize and pack"):
-        dataset = build_lm_dataset(
-            documents, tokenizer, recipe.data, cache_dir=cache_dir, seed=recipe.train.seed
-        )
+    samples = (
+        recipe.train.max_steps * args.train_batch_size * args.gradient_accumulation_steps * args.world_size
+    )
+    dataset = build_lm_dataset(recipe.data, tokenizer, cache_dir, recipe.train.seed, samples)
     held_out = None
     if recipe.eval.every:
         held_out = load_documents(recipe.data, recipe.eval.split)

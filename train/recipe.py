@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import glob
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -44,9 +46,14 @@ class ModelRecipe:
 
 @dataclass
 class DataRecipe:
-    # default = the embedded stdlib corpus; disk = a `datasets` save_to_disk folder (paths[0])
-    source: Literal["default", "files", "hub", "disk"] = "default"
-    paths: list[str] = field(default_factory=list)  # source: files (text, .json/.jsonl, .parquet) or disk
+    # default = the embedded stdlib corpus; disk = a `datasets` save_to_disk folder (paths[0]); prepared =
+    # the `plait-data prepare` directories of `mixture`. The others are prepared into cache_dir on first use.
+    source: Literal["default", "files", "hub", "disk", "prepared"] = "default"
+    paths: list[str] = field(
+        default_factory=list
+    )  # source: files (text, .json/.jsonl, .parquet; globs) or disk
+    mixture: list[dict[str, Any]] = field(default_factory=list)  # source: prepared, [{path: dir, weight: w}]
+    max_repeats: int = 10  # the most times one source is read (a source that runs out is read again)
     name: str | None = None  # source: hub dataset name
     subset: str | None = None  # source: hub dataset configuration
     split: str = "train"
@@ -58,10 +65,9 @@ class DataRecipe:
     tokenizer_train_documents: int = 2000  # documents the BPE is trained on when `tokenizer` is None
     seq_len: int = 256
     document_masking: bool = True  # attention and labels do not cross document boundaries inside a block
-    streaming: bool = False  # tokenise and pack lazily (corpora that do not fit on disk)
-    shuffle_buffer: int = 10_000  # streaming shuffle buffer (blocks)
-    num_proc: int | None = None  # worker processes for tokenisation (`datasets.map`)
-    cache_dir: str | None = None  # where tokenised/packed datasets are cached; None: <output_dir>/data_cache
+    streaming: bool = False  # read a hub source as a stream while preparing it (no full download)
+    num_proc: int | None = None  # worker processes that tokenise while preparing (None: one process)
+    cache_dir: str | None = None  # where sources are prepared; None: <output_dir>/data_cache
 
 
 @dataclass
@@ -211,7 +217,7 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "data.seq_len": (lambda v: v >= 2, "an integer >= 2"),
     "data.max_documents": (lambda v: v is None or v >= 1, "null or an integer >= 1"),
     "data.tokenizer_train_documents": (lambda v: v >= 1, "an integer >= 1"),
-    "data.shuffle_buffer": (lambda v: v >= 1, "an integer >= 1"),
+    "data.max_repeats": (lambda v: v >= 1, "an integer >= 1"),
     "data.num_proc": (lambda v: v is None or v >= 1, "null or an integer >= 1"),
     "data.max_train_samples": (lambda v: v is None or v >= 1, "null or an integer >= 1"),
     "data.max_eval_samples": (lambda v: v is None or v >= 1, "null or an integer >= 1"),
@@ -390,11 +396,15 @@ def _cross_checks(recipe: Recipe) -> None:
         raise RecipeError(f"data.paths={data.paths!r}: data.source='disk' takes one save_to_disk folder")
     if not isinstance(data, ImageDataRecipe) and data.source in ("files", "disk"):
         for i, p in enumerate(data.paths):
-            if not Path(p).expanduser().exists():
+            if not glob.glob(os.path.expanduser(p)):
                 raise RecipeError(f"data.paths[{i}]={p!r} does not exist")
-    if recipe.eval.every and data.source == "files":
+    if not isinstance(data, ImageDataRecipe) and data.source == "prepared":
+        from .prepared import check_mixture
+
+        check_mixture(data.mixture)
+    if recipe.eval.every and data.source in ("files", "prepared"):
         raise RecipeError(
-            f"eval.every={recipe.eval.every} needs held-out text, but data.source='files' has no "
+            f"eval.every={recipe.eval.every} needs held-out text, but data.source={data.source!r} has no "
             f"{recipe.eval.split!r} split; use data.source 'default' or 'hub', or set eval.every=0"
         )
     unknown = [t for t in recipe.eval.tasks if t not in LOCAL_TASKS]

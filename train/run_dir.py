@@ -41,6 +41,7 @@ RESUMABLE_CHANGES = (
     "eval.",
     "data.num_proc",
     "data.cache_dir",
+    "data.max_repeats",
 )
 
 

@@ -134,6 +134,12 @@ class PlaitTrainer(AtomicCheckpoints, Trainer):
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
 
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if getattr(dataset, "in_order", False):  # the dataset's own global order (plait.train.mixture)
+            return torch.utils.data.SequentialSampler(dataset)
+        return super()._get_train_sampler(train_dataset)
+
     def get_decay_parameter_names(self, model: torch.nn.Module) -> list[str]:
         return decay_parameter_names(model)
 
@@ -147,6 +153,9 @@ class PlaitTrainer(AtomicCheckpoints, Trainer):
                 logs.update(throughput, tflops_per_device=tflops)
                 if self.peak:
                     logs["mfu"] = tflops / self.peak
+            consumed = getattr(self.train_dataset, "tokens_consumed", None)
+            if consumed is not None:  # per-source tokens of a mixture
+                logs.update(consumed(self.state.global_step * self.tokens_per_step // max(1, self.seq_len)))
             if self.clock.mark is not None:
                 logs.update(composite_gain(self.accelerator.unwrap_model(self.model), self.probe))
             self.last_finite = {

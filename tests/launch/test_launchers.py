@@ -153,6 +153,7 @@ def test_killing_the_launcher_ends_its_workers(tmp_path):
     long_run = tiny_recipe(out)
     long_run["train"]["max_steps"] = 100_000
     long_run["checkpoint"]["every"] = 0
+    long_run["data"]["max_repeats"] = 100_000  # 6 documents read over and over until killed
     recipe.write_text(yaml.safe_dump(long_run))
     cmd = [
         sys.executable,

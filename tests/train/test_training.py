@@ -169,7 +169,7 @@ def test_wandb_offline_run_holds_logged_metrics(reference):
 def test_streaming_run_resumes_exactly(tmp_path):
     def recipe(out):
         data = tiny_recipe(out)
-        data["data"].update(streaming=True, shuffle_buffer=64)
+        data["data"].update(streaming=True)
         return recipe_from_dict(data)
 
     straight = run(recipe(tmp_path / "straight"))
