@@ -411,6 +411,75 @@ def _vit_rows(d):
 table("vit_fmnist", "vit_fmnist_cpu.json")(_vit_rows)
 
 
+def _m(x: float) -> str:
+    return f"{x / 1e6:.2f} M"
+
+
+@table("data_pipeline", "data_pipeline_cpu.json")
+def _data_pipeline(d):
+    rows = [
+        header(
+            "JSONL corpus | tokens | tokenizer `encode_batch` | `plait-data prepare` | prepare / tokenizer | "
+            "bytes per token | peak RSS: main / largest worker | open | loader (document masking) | "
+            "first sample at 0 / at the last"
+        )
+    ]
+    for r in d["results"]:
+        first, last = (r["first_sample_ms_at"][k] for k in sorted(r["first_sample_ms_at"], key=int))
+        rows.append(
+            [
+                f"{r['corpus_mb']} MB",
+                _m(r["tokens"]),
+                f"{_m(r['tokenizer_tokens_per_s'])}/s",
+                f"{_m(r['prepare_tokens_per_s'])}/s",
+                f"{r['prepare_vs_tokenizer']:.0%}",
+                f"{r['bytes_per_token']:.3f}",
+                f"{r['peak_rss_main_mb']:.0f} / {r['peak_rss_worker_mb']:.0f} MB",
+                f"{r['open_s'] * 1e3:.0f} ms",
+                f"{_m(r['loader_tokens_per_s'])} tokens/s",
+                f"{first:.2f} / {last:.2f} ms",
+            ]
+        )
+    return rows
+
+
+@table("data_pipeline_compare", "data_pipeline_compare_cpu.json")
+def _data_pipeline_compare(d):
+    r = d["results"][0]
+    rows = [
+        header("pipeline | preparation | bytes per token | peak RSS: main / largest worker | training reads")
+    ]
+    rows.append(
+        [
+            "`plait-data prepare` + `MixtureDataset`",
+            f"{_m(r['prepare_tokens_per_s'])} tokens/s ({r['prepare_vs_tokenizer']:.0%} of `encode_batch`'s "
+            f"{_m(r['tokenizer_tokens_per_s'])})",
+            f"{r['bytes_per_token']:.1f}",
+            f"{r['peak_rss_main_mb']:.0f} / {r['peak_rss_worker_mb']:.0f} MB",
+            f"{_m(r['loader_tokens_per_s'])} tokens/s, document-masked windows",
+        ]
+    )
+    rows.append(
+        [
+            "previous path: `datasets.map` tokenise + pack into Arrow blocks",
+            f"{_m(r['baseline_tokens_per_s'])} tokens/s",
+            f"{r['baseline_bytes_per_token']:.1f}",
+            f"{r['baseline_peak_rss_main_mb']:.0f} / {r['baseline_peak_rss_worker_mb']:.0f} MB",
+            "the packed blocks",
+        ]
+    )
+    rows.append(
+        [
+            f"litdata {r['litdata_version']}: `optimize` + `TokensLoader`",
+            f"{_m(r['litdata_prepare_tokens_per_s'])} tokens/s",
+            f"{r['litdata_bytes_per_token']:.1f} (int32 tensors)",
+            f"{r['litdata_peak_rss_main_mb']:.0f} / {r['litdata_peak_rss_worker_mb']:.0f} MB",
+            f"{_m(r['litdata_loader_tokens_per_s_no_document_masking'])} tokens/s, no document index",
+        ]
+    )
+    return rows
+
+
 def _g(x: float) -> str:
     return f"{x:.4g}"
 
