@@ -26,7 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from datasets import Dataset, DatasetDict, IterableDataset, Value, load_dataset, load_from_disk
 
 from plait.eval.corpus import split_documents
@@ -64,11 +66,14 @@ def _builder_for(paths: list[str]) -> str:
 
 def check_file(path: Path, builder: str, text_field: str, key: str) -> None:
     """Read a data file once before `datasets` does, so a bad file is named with its line (a binary or
-    non-UTF-8 file, a malformed JSON line, a missing, null or non-string text field) instead of failing
-    deep inside a library or, worse, being skipped."""
+    non-UTF-8 file, a malformed JSON line, a missing, null or non-string text field), and an empty or
+    unreadable one is named too, instead of failing deep inside a library or, worse, being skipped."""
     if builder == "parquet":
-        return  # columnar and typed: checked on the loaded column
+        check_parquet(path, key)  # columnar and typed: its text column is checked once loaded
+        return
     raw = path.read_bytes()
+    if not raw.strip():
+        raise RecipeError(f"{key}={str(path)!r} is empty; every data file needs at least one record")
     if b"\0" in raw[:8192]:
         raise RecipeError(
             f"{key}={str(path)!r} looks binary (NUL bytes); give UTF-8 text, JSON(L) or parquet"
@@ -97,6 +102,8 @@ def check_file(path: Path, builder: str, text_field: str, key: str) -> None:
                 lines.append((number, json.loads(line)))
             except json.JSONDecodeError as e:
                 raise RecipeError(f"{key}={str(path)!r} line {number}: invalid JSON ({e.msg})") from None
+    if not lines:
+        raise RecipeError(f"{key}={str(path)!r} holds no records; every data file needs at least one")
     for number, row in lines:
         value = row.get(text_field) if isinstance(row, dict) else None
         if not isinstance(value, str):
@@ -105,6 +112,16 @@ def check_file(path: Path, builder: str, text_field: str, key: str) -> None:
                 f"{key}={str(path)!r} line {number}: the text field {text_field!r} {problem}; every record "
                 "needs a string (set data.text_field to the right column)"
             )
+
+
+def check_parquet(path: Path, key: str) -> None:
+    """A parquet file whose footer reads (not truncated, not another format) and that holds rows."""
+    try:
+        rows = pq.ParquetFile(path).metadata.num_rows
+    except (pa.ArrowException, OSError) as e:
+        raise RecipeError(f"{key}={str(path)!r} is not a readable parquet file ({e})") from None
+    if rows == 0:
+        raise RecipeError(f"{key}={str(path)!r} is empty; every data file needs at least one record")
 
 
 def check_text_column(ds: Dataset, text_field: str) -> None:

@@ -39,7 +39,6 @@ from transformers import (
     AutoModelForCausalLM,
     AutoModelForImageClassification,
     AutoModelForSequenceClassification,
-    AutoTokenizer,
     DataCollatorWithPadding,
     TrainerCallback,
     default_data_collator,
@@ -50,6 +49,7 @@ from plait.modeling.adapters import KANConfig, skan_prune, skan_select
 
 from . import kappatune
 from .data import build_lm_dataset, load_documents, load_raw
+from .pretrained import load_tokenizer_from
 from .recipe import FinetuneRecipe, Recipe, RecipeError
 from .task import Task
 
@@ -219,9 +219,10 @@ def prepare_finetune(
 
     ft, source = recipe.finetune, os.path.expanduser(recipe.model.pretrained)
     load = dict(dtype=torch.float32, attn_implementation=recipe.model.attn_implementation)
-    tokenizer_source = os.path.expanduser(recipe.data.tokenizer or source)
+    tokenizer_source = recipe.data.tokenizer or source
+    tokenizer_key = "data.tokenizer" if recipe.data.tokenizer else "model.pretrained"
     if ft.task == "causal_lm":
-        processor = AutoTokenizer.from_pretrained(tokenizer_source)
+        processor = load_tokenizer_from(tokenizer_source, tokenizer_key)
         documents = load_documents(recipe.data)
         with args.main_process_first(desc="tokenize and pack"):
             dataset = build_lm_dataset(
@@ -232,7 +233,7 @@ def prepare_finetune(
         model = AutoModelForCausalLM.from_pretrained(source, **load)
         model.config.use_cache = False
     elif ft.task == "sequence_classification":
-        processor = AutoTokenizer.from_pretrained(tokenizer_source)
+        processor = load_tokenizer_from(tokenizer_source, tokenizer_key)
         with args.main_process_first(desc="tokenize"):
             dataset, num_labels = _text_classification(recipe, processor)
         collator = DataCollatorWithPadding(processor)

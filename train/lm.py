@@ -10,22 +10,26 @@ from datasets import Dataset
 from transformers import AutoTokenizer, TrainingArguments, default_data_collator, set_seed
 
 from .data import build_lm_dataset, iter_texts, load_documents
-from .pretrained import load_pretrained
+from .pretrained import load_pretrained, load_tokenizer_from
 from .recipe import Recipe, RecipeError, model_config
 from .task import Task
+from .tokenizer import MIN_VOCAB_SIZE, train_bpe_tokenizer
 
 
 def load_tokenizer(recipe: Recipe, args: TrainingArguments, documents) -> Any:
     """The recipe's tokenizer, or a byte-level BPE trained on the training text (saved under output_dir so a
     resumed run uses the very same one); the main process trains it, the others load it."""
     if recipe.data.tokenizer:
-        return AutoTokenizer.from_pretrained(recipe.data.tokenizer)
+        return load_tokenizer_from(recipe.data.tokenizer, "data.tokenizer")
     path = Path(recipe.train.output_dir) / "tokenizer"
+    vocab = recipe.model.config.get("vocab_size", 8192)
+    if vocab < MIN_VOCAB_SIZE:
+        raise RecipeError(
+            f"model.config.vocab_size={vocab} is too small to train the byte-level BPE tokenizer on the data "
+            f"(at least {MIN_VOCAB_SIZE}: 256 bytes and 2 special tokens); raise it or set data.tokenizer"
+        )
     with args.main_process_first(desc="train tokenizer"):
         if not (path / "tokenizer.json").exists():
-            from .tokenizer import train_bpe_tokenizer
-
-            vocab = recipe.model.config.get("vocab_size", 8192)
             tok = train_bpe_tokenizer(
                 iter_texts(documents, recipe.data.tokenizer_train_documents),
                 vocab_size=vocab,

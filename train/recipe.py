@@ -509,9 +509,14 @@ def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe
             f"recipe {str(path)!r} is not a file; give a YAML recipe file or a shipped recipe name"
         )
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise RecipeError(f"recipe file {path} is not valid YAML: {e}") from None
+    if not data:  # an empty (or all-comment) file would silently train the default model
+        raise RecipeError(
+            f"recipe file {path} is empty; give its sections (model, data, train, ...) or a shipped "
+            "recipe name"
+        )
     if not isinstance(data, dict):
         raise RecipeError(f"recipe file {path} must hold a mapping of sections, got {type(data).__name__}")
     return recipe_from_dict(apply_overrides(data, overrides or []))
