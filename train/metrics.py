@@ -1,5 +1,6 @@
 """Training metrics logged with every loss: throughput (tokens/s, samples/s), achieved TFLOPs per device and
-MFU (see `flops_per_token`), plus the hyper-connection composite gain when the model has one."""
+MFU (FLOPs per token: `plait.train.flops`), plus the hyper-connection composite gain when the model has
+one."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from torch import nn
 from transformers import TrainerCallback
 
 from plait.modeling.diagnostics import residual_mixing
+
+from .flops import flops_per_token  # noqa: F401  (re-exported: the trainer's and the benchmarks' import)
 
 # Dense (no sparsity) peak TFLOPs per device by precision; the first name contained in the device name wins.
 PEAK_TFLOPS: list[tuple[str, dict[str, float]]] = [
@@ -41,27 +44,6 @@ def peak_tflops(precision: str, override: float | None = None) -> float | None:
         if key in name:
             return peaks[precision]
     return None
-
-
-def flops_per_token(model: nn.Module, seq_len: int) -> float:
-    """Training FLOPs per token: 6·N (forward + backward of every matmul weight, N excluding an input
-    embedding table, which is a lookup; a ViT's patch projection is a matmul and counts) plus attention's
-    12·L·d_attn·T (PaLM, appendix B: scores and values, forward and backward, for the full T×T square)."""
-    config = model.config
-    embedding = model.get_input_embeddings()
-    n = sum(_numel(p) for p in model.parameters())
-    if isinstance(embedding, nn.Embedding) and not getattr(config, "tie_word_embeddings", False):
-        n -= sum(_numel(p) for p in embedding.parameters())
-    # Configs without layer_types / head_dim (BERT and other fine-tuned transformers models): all attention.
-    layer_types = getattr(config, "layer_types", None) or ["full_attention"] * config.num_hidden_layers
-    attention_layers = sum(1 for t in layer_types if t == "full_attention")
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    d_attn = config.num_attention_heads * head_dim
-    return 6.0 * n + 12.0 * attention_layers * d_attn * seq_len
-
-
-def _numel(p: torch.Tensor) -> int:
-    return int(p.ds_numel) if hasattr(p, "ds_numel") else p.numel()  # ZeRO-3 partitions hold a placeholder
 
 
 def composite_gain(model: nn.Module, probe: torch.Tensor | None) -> dict[str, float]:
