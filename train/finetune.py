@@ -52,7 +52,7 @@ from plait.modeling.adapters import KANConfig, skan_prune, skan_select
 from . import kappatune
 from .data import build_lm_dataset, load_documents, load_raw
 from .held_out import split_held_out, write_record
-from .pretrained import load_tokenizer_from
+from .pretrained import check_local_path, load_tokenizer_from
 from .recipe import FinetuneRecipe, Recipe, RecipeError
 from .task import Task
 from .vision import accuracy
@@ -257,6 +257,7 @@ def prepare_finetune(
     checkpoint) for the task, with the method applied."""
     import plait.modeling  # noqa: F401  (registers Plait with the Auto classes)
 
+    check_local_path(recipe.model.pretrained, "model.pretrained")
     ft, source = recipe.finetune, os.path.expanduser(recipe.model.pretrained)
     load = dict(dtype=torch.float32, attn_implementation=recipe.model.attn_implementation)
     tokenizer_source = recipe.data.tokenizer or source

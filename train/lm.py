@@ -10,7 +10,7 @@ from datasets import Dataset
 from transformers import AutoTokenizer, TrainingArguments, default_data_collator, set_seed
 
 from .data import build_lm_dataset, iter_texts, load_documents
-from .pretrained import load_pretrained, load_tokenizer_from
+from .pretrained import check_local_path, load_pretrained, load_tokenizer_from
 from .recipe import Recipe, RecipeError, model_config
 from .task import Task
 from .tokenizer import MIN_VOCAB_SIZE, train_bpe_tokenizer
@@ -70,6 +70,8 @@ def build_model(recipe: Recipe, tokenizer) -> torch.nn.Module:
 
 
 def build_lm_task(recipe: Recipe, args: TrainingArguments) -> Task:
+    if recipe.model.pretrained:  # a missing directory is reported before the data are tokenized
+        check_local_path(recipe.model.pretrained, "model.pretrained")
     documents = load_documents(recipe.data)
     tokenizer = load_tokenizer(recipe, args, documents)
     cache_dir = recipe.data.cache_dir or str(Path(recipe.train.output_dir) / "data_cache")

@@ -25,6 +25,7 @@ def load_pretrained(name_or_path: str, model_class: type, **kwargs) -> torch.nn.
     """`model_class.from_pretrained(name_or_path, **kwargs)`, refusing a foreign `model_type` or any missing,
     unexpected or mis-shaped tensor, with an error naming them."""
     key = "model.pretrained"
+    check_local_path(name_or_path, key)
     try:
         config = AutoConfig.from_pretrained(name_or_path)
     except (OSError, ValueError, json.JSONDecodeError) as e:
@@ -54,19 +55,23 @@ def load_pretrained(name_or_path: str, model_class: type, **kwargs) -> torch.nn.
     return model
 
 
+def check_local_path(name_or_path: str, key: str) -> None:
+    """A reference that can only be a local path (absolute, relative, home-relative, or more than the hub's
+    'org/name') exists; transformers would report a missing one as a malformed hub repo id."""
+    path = os.path.expanduser(name_or_path)
+    if (path.startswith(("/", ".")) or path.count("/") > 1) and not Path(path).exists():
+        raise RecipeError(f"{key}={name_or_path!r} does not exist; give a local directory or a hub name")
+
+
 def load_tokenizer_from(name_or_path: str, key: str):
     """`AutoTokenizer.from_pretrained(name_or_path)`, or RecipeError naming `key`: a local path that does not
-    exist is said to be one (transformers would report it as a malformed hub repo id), and a directory or hub
-    name without a loadable tokenizer is named with the reason."""
-    path = os.path.expanduser(name_or_path)
-    local = path.startswith(("/", ".")) or path.count("/") > 1  # a hub name is 'name' or 'org/name'
-    if local and not Path(path).exists():
-        raise RecipeError(f"{key}={name_or_path!r} does not exist; give a tokenizer directory or a hub name")
+    exist, or a directory or hub name without a loadable tokenizer, with the reason."""
+    check_local_path(name_or_path, key)
     try:
-        return AutoTokenizer.from_pretrained(path)
+        return AutoTokenizer.from_pretrained(os.path.expanduser(name_or_path))
     except (OSError, ValueError, json.JSONDecodeError) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise RecipeError(f"{key}={name_or_path!r}: cannot load a tokenizer from it ({reason})") from None
 
 
-__all__ = ["load_pretrained", "load_tokenizer_from"]
+__all__ = ["check_local_path", "load_pretrained", "load_tokenizer_from"]

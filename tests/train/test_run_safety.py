@@ -373,6 +373,16 @@ def test_empty_or_unreadable_data_files_are_one_line(tmp_path, capsys, name, wri
         ("# only a comment\n", [], "is empty; give its sections"),
         (None, ["model.config.vocab_size=100"], "model.config.vocab_size=100 is too small to train"),
         (None, ["data.tokenizer=TMP/no-such-tokenizer"], "data.tokenizer='TMP/no-such-tokenizer' does not"),
+        (
+            None,
+            ["model.config={}", "model.pretrained=TMP/no-model"],
+            "model.pretrained='TMP/no-model' does not",
+        ),
+        (
+            "finetune-minilm-sst2",
+            ["model.pretrained=TMP/no-model", "optim.warmup_steps=0"],
+            "model.pretrained='TMP/no-model' does not",
+        ),
         (None, ["data.tokenizer=TMP"], "data.tokenizer='TMP': cannot load a tokenizer from it"),
         (
             None,
@@ -382,8 +392,8 @@ def test_empty_or_unreadable_data_files_are_one_line(tmp_path, capsys, name, wri
     ],
 )
 def test_bad_recipes_are_one_line_naming_the_file_or_field(tmp_path, capsys, recipe_text, overrides, message):
-    if recipe_text is None:
-        name = "tiny"
+    if recipe_text is None or recipe_text.startswith("finetune"):
+        name = recipe_text or "tiny"
     else:
         name = str(tmp_path / "recipe.yaml")
         (tmp_path / "recipe.yaml").write_text(recipe_text)
