@@ -57,25 +57,37 @@ def composite_gain(model: nn.Module, probe: torch.Tensor | None) -> dict[str, fl
 
 
 class Clock(TrainerCallback):
-    """Marks when the first step starts so the first log's throughput excludes set-up time."""
+    """Marks when the first step starts so the first log's throughput excludes set-up time, and counts the
+    tokens this rank fed since the last mark (`count`): text batches padded to their longest sequence hold
+    fewer than `seq_len` tokens per sample."""
 
     def __init__(self):
         self.mark: float | None = None
         self.step = 0
+        self.counted = 0
 
     def on_step_begin(self, args, state, control, **kwargs):
         if self.mark is None:
             self.mark, self.step = time.perf_counter(), state.global_step
 
-    def throughput(self, global_step: int, tokens_per_step: int, tokens_per_sample: int) -> dict[str, float]:
-        """Tokens and samples per second since the last call (empty before the first step), then re-mark."""
+    def count(self, tokens: int) -> None:
+        if self.mark is not None:
+            self.counted += tokens
+
+    def throughput(
+        self, global_step: int, tokens_per_step: int, tokens_per_sample: int, world_size: int = 1
+    ) -> dict[str, float]:
+        """Tokens and samples per second since the last call (empty before the first step), then re-mark.
+        Tokens are the counted ones (this rank's times `world_size`) when any were, else `tokens_per_step`
+        per step."""
         if self.mark is None:
             return {}
         now = time.perf_counter()
         steps = global_step - self.step
         out = {}
         if steps > 0:
-            tokens_per_s = steps * tokens_per_step / (now - self.mark)
-            out = {"tokens_per_s": tokens_per_s, "samples_per_s": tokens_per_s / tokens_per_sample}
-        self.mark, self.step = now, global_step
+            tokens = self.counted * world_size if self.counted else steps * tokens_per_step
+            samples = steps * tokens_per_step / tokens_per_sample
+            out = {"tokens_per_s": tokens / (now - self.mark), "samples_per_s": samples / (now - self.mark)}
+        self.mark, self.step, self.counted = now, global_step, 0
         return out

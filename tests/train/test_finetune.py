@@ -150,6 +150,9 @@ def test_kappatune_on_minilm_sst2_trains_only_the_lowest_kappa_tensors(tmp_path)
     evaluated = {e["step"]: e["eval_accuracy"] for e in result.log_history if "eval_accuracy" in e}
     assert evaluated.keys() == {2, 3}  # during (eval.every) and after training
     assert all(0 <= a <= 1 and round(a * 14) == a * 14 for a in evaluated.values())
+    # throughput counts the tokens that ran: batches padded to their longest sentence, under data.seq_len
+    logged = [e for e in result.log_history if "tokens_per_s" in e]
+    assert logged and all(e["tokens_per_s"] / e["samples_per_s"] < 64 for e in logged)
     kappa = json.loads((tmp_path / "kappa.json").read_text())
     (by_weights,) = kappa.values()
     base = AutoModelForSequenceClassification.from_pretrained(str(data_path("minilm-l6")), num_labels=2)
