@@ -17,6 +17,7 @@ import typing
 
 from huggingface_hub.dataclasses import strict
 from transformers import GenerationConfig, PreTrainedConfig
+from transformers.configuration_utils import remap_legacy_layer_types
 
 from .registry import ATTENTION_FUNCTIONS, MLP_ACTIVATIONS, RESIDUALS, TOKEN_MIXERS
 
@@ -91,6 +92,7 @@ class PlaitBlockConfig(PreTrainedConfig):
             self.head_dim = self.hidden_size // self.num_attention_heads
         if self.layer_types is None:
             self.layer_types = ["full_attention"] * self.num_hidden_layers
+        _check_layer_types(self.layer_types)  # as the user spelled them: transformers renames aliases next
         super().__post_init__(**kwargs)
         self._validate()
 
@@ -139,6 +141,20 @@ class PlaitBlockConfig(PreTrainedConfig):
             registry.validate(getattr(self, registry.field), self)
         for mixer in set(self.layer_types):
             TOKEN_MIXERS.validate(mixer, self)
+
+
+def _check_layer_types(layer_types: list[str]) -> None:
+    """Each entry names a token mixer, possibly under a legacy alias transformers renames (`"attention"`);
+    an invalid entry is reported as written, with the name transformers would have given it."""
+    for i, (given, renamed) in enumerate(
+        zip(layer_types, remap_legacy_layer_types(list(layer_types)), strict=True)
+    ):
+        if renamed not in TOKEN_MIXERS:
+            alias = f" (an alias transformers renames to {renamed!r})" if renamed != given else ""
+            raise ValueError(
+                f"layer_types[{i}]={given!r}{alias} is not a valid choice; valid choices: "
+                f"{TOKEN_MIXERS.choices()}"
+            )
 
 
 # Keys transformers sets on a model's config besides `PreTrainedConfig`'s own attributes (added below):

@@ -24,7 +24,7 @@ from datasets import Dataset, DatasetDict, IterableDataset, Value, load_dataset,
 from plait.eval.corpus import split_documents
 
 from .mixture import IGNORE_INDEX, MixtureDataset, window_fields
-from .prepare import iter_file, plan_key, prepare
+from .prepare import check_parquet, iter_file, plan_key, prepare
 from .prepared import PreparedTokens, tokenizer_fingerprint
 from .recipe import DataRecipe, RecipeError
 
@@ -58,10 +58,11 @@ def _builder_for(paths: list[str]) -> str:
 
 
 def check_file(path: Path, text_field: str, key: str) -> None:
-    """Validate a text or JSON(L) file in one streamed pass (`plait.train.prepare.iter_file`), so a bad
-    file is named with its line instead of failing deep inside a library or, worse, being skipped."""
-    for _ in iter_file(path, text_field, key):
-        pass
+    """Validate a text or JSON(L) file in one streamed pass (`plait.train.prepare.iter_file`), so a bad or
+    empty file is named (with its line) instead of failing deep inside a library or, worse, being skipped."""
+    records = sum(1 for _ in iter_file(path, text_field, key))
+    if not records:
+        raise RecipeError(f"{key}={str(path)!r} holds no records; every data file needs a record")
 
 
 def check_text_column(ds: Dataset, text_field: str) -> None:
@@ -89,7 +90,9 @@ def load_raw(data: DataRecipe, split: str | None = None) -> Dataset | IterableDa
     if data.source == "files":
         builder = _builder_for(data.paths)
         for i, p in enumerate(data.paths):
-            if builder != "parquet":  # columnar and typed: checked on the loaded column
+            if builder == "parquet":  # columnar and typed: its text column is checked once loaded
+                check_parquet(Path(p).expanduser(), f"data.paths[{i}]")
+            else:
                 check_file(Path(p).expanduser(), data.text_field, f"data.paths[{i}]")
         kwargs: dict[str, Any] = {"data_files": {split: list(data.paths)}}
         if builder == "text":

@@ -17,7 +17,9 @@
 `prepare_finetune(recipe, ...)` is what `plait.train.trainer.run` trains for a recipe with a `finetune:`
 section: the pretrained model for the task (causal LM on the recipe's text; sequence classification on its
 text and label columns; image classification on its images and labels, through the checkpoint's image
-processor), the method applied, and S-KAN's phase callback. Checkpoints, resume and the engines are the
+processor), the method applied, and S-KAN's phase callback. A classifier is evaluated on held-out documents
+(`plait.train.held_out`: the data's own `eval.split` or a recorded carve-off) every `eval.every` steps and
+after training, logging `eval_accuracy` and `eval_loss`. Checkpoints, resume and the engines are the
 pretraining ones; a PEFT method saves an adapter directory (`PeftModel.save_pretrained`), full and KappaTune
 a full model.
 """
@@ -39,7 +41,6 @@ from transformers import (
     AutoModelForCausalLM,
     AutoModelForImageClassification,
     AutoModelForSequenceClassification,
-    AutoTokenizer,
     DataCollatorWithPadding,
     TrainerCallback,
     default_data_collator,
@@ -50,8 +51,11 @@ from plait.modeling.adapters import KANConfig, skan_prune, skan_select
 
 from . import kappatune
 from .data import build_lm_dataset, load_raw
+from .held_out import split_held_out, write_record
+from .pretrained import check_local_path, load_tokenizer_from
 from .recipe import FinetuneRecipe, Recipe, RecipeError
 from .task import Task
+from .vision import accuracy
 
 
 @dataclass
@@ -144,86 +148,124 @@ class SKANPhases(TrainerCallback):
             skan_prune(model)
 
 
-def _labelled(recipe: Recipe, input_field: str) -> tuple[Dataset, int]:
-    """The recipe's data with `input_field` and the label column checked, and the label count."""
+@dataclass
+class Labelled:
+    """A classification data set: training and held-out documents (`plait.train.held_out`), the label
+    count, and how the held-out documents were chosen (recorded in the run)."""
+
+    train: Dataset
+    held_out: Dataset
+    num_labels: int
+    record: dict[str, Any]
+
+
+def _labelled(recipe: Recipe, input_field: str) -> Labelled:
+    """The recipe's data split into training and held-out documents, with `input_field` and the label
+    column checked in both, and the label count."""
     data, ft = recipe.data, recipe.finetune
     ds = load_raw(data)
-    for key, column in (
-        (f"data.{input_field}", getattr(data, input_field)),
-        ("data.label_field", data.label_field),
-    ):
-        if column not in ds.column_names:
-            raise RecipeError(f"{key}={column!r} is not a column of the data; columns: {ds.column_names}")
     if data.max_documents is not None:
         ds = ds.select(range(min(len(ds), data.max_documents)))
-    labels = ds[data.label_field]
-    num_labels = ft.num_labels or (max(labels) + 1)
-    bad = sorted({y for y in labels if not isinstance(y, int) or not 0 <= y < num_labels})
-    if bad:
-        raise RecipeError(
-            f"labels {bad[:5]} in column {data.label_field!r} are not integers in [0, {num_labels}) "
-            f"(finetune.num_labels={ft.num_labels!r})"
-        )
-    return ds, num_labels
+    train, held_out, record = split_held_out(recipe, ds)
+    num_labels = ft.num_labels or (max(train[data.label_field]) + 1)
+    for part, where in ((train, f"data.split={data.split!r}"), (held_out, "the held-out documents")):
+        for key, column in (
+            (f"data.{input_field}", getattr(data, input_field)),
+            ("data.label_field", data.label_field),
+        ):
+            if column not in part.column_names:
+                raise RecipeError(
+                    f"{key}={column!r} is not a column of {where}; columns: {part.column_names}"
+                )
+        bad = sorted({y for y in part[data.label_field] if not isinstance(y, int) or not 0 <= y < num_labels})
+        if bad:
+            raise RecipeError(
+                f"labels {bad[:5]} in column {data.label_field!r} of {where} are not integers in "
+                f"[0, {num_labels}) (finetune.num_labels={ft.num_labels!r})"
+            )
+    return Labelled(train, held_out, num_labels, record)
 
 
-def _text_classification(recipe: Recipe, tokenizer) -> tuple[Dataset, int]:
+def _text_classification(recipe: Recipe, tokenizer) -> Labelled:
     data = recipe.data
-    ds, num_labels = _labelled(recipe, "text_field")
+    labelled = _labelled(recipe, "text_field")
 
     def encode(batch):
         enc = tokenizer(batch[data.text_field], truncation=True, max_length=data.seq_len)
         enc["labels"] = batch[data.label_field]
         return enc
 
-    return ds.map(encode, batched=True, remove_columns=ds.column_names), num_labels
+    for name in ("train", "held_out"):
+        ds = getattr(labelled, name)
+        setattr(labelled, name, ds.map(encode, batched=True, remove_columns=ds.column_names))
+    return labelled
 
 
-def _image_classification(recipe: Recipe, processor) -> tuple[Dataset, int]:
+def _image_classification(recipe: Recipe, processor) -> Labelled:
     data = recipe.data
-    ds, num_labels = _labelled(recipe, "image_field")
+    labelled = _labelled(recipe, "image_field")
 
     def transform(batch):  # on the fly: pixel tensors are not cached
         pixels = processor(batch[data.image_field], return_tensors="pt")["pixel_values"]
         return {"pixel_values": pixels, "labels": torch.tensor(batch[data.label_field])}
 
-    return ds.with_transform(transform), num_labels
+    labelled.train = labelled.train.with_transform(transform)
+    labelled.held_out = labelled.held_out.with_transform(transform)
+    return labelled
 
 
 def build_finetune_task(recipe: Recipe, args) -> Task:
-    """The `Task` the trainer runs for a `finetune` recipe (see `prepare_finetune`)."""
+    """The `Task` the trainer runs for a `finetune` recipe (see `prepare_finetune`): a classification task
+    evaluates its held-out documents (accuracy and loss) every `eval.every` steps and after training."""
     cache_dir = recipe.data.cache_dir or str(Path(recipe.train.output_dir) / "data_cache")
-    processor, dataset, collator, model, callbacks = prepare_finetune(recipe, args, cache_dir)
+    processor, data, collator, model, callbacks = prepare_finetune(recipe, args, cache_dir)
 
     def restore_cache(model) -> None:  # generation from the saved LM uses its cache again
         model.config.use_cache = True
 
+    if not isinstance(data, Labelled):  # causal_lm
+        return Task(
+            model=model,
+            train_dataset=data,
+            data_collator=collator,
+            processing_class=processor,
+            tokens_per_sample=recipe.data.seq_len,
+            callbacks=callbacks,
+            prepare_for_saving=restore_cache,
+        )
+    if args.should_save:
+        write_record(recipe.train.output_dir, data.record)
     return Task(
         model=model,
-        train_dataset=dataset,
+        train_dataset=data.train,
         data_collator=collator,
         processing_class=processor,
         tokens_per_sample=recipe.data.seq_len,
         callbacks=callbacks,
-        prepare_for_saving=restore_cache if recipe.finetune.task == "causal_lm" else None,
+        eval_dataset=data.held_out,
+        compute_metrics=accuracy,
+        evaluate_at_end=True,
     )
 
 
 def prepare_finetune(
     recipe: Recipe, args, cache_dir: str
-) -> tuple[Any, Any, Any, nn.Module, list[TrainerCallback]]:
-    """What `run` trains when the recipe has a `finetune.method`: (processing class, dataset, collator,
-    model, callbacks). The model is `model.pretrained` (a Plait directory, a converted Llama, any transformers
+) -> tuple[Any, Dataset | Labelled, Any, nn.Module, list[TrainerCallback]]:
+    """What `run` trains when the recipe has a `finetune.method`: (processing class, data, collator,
+    model, callbacks); the data are packed text blocks for a causal LM, training and held-out documents for
+    a classifier. The model is `model.pretrained` (a Plait directory, a converted Llama, any transformers
     checkpoint) for the task, with the method applied."""
     import plait.modeling  # noqa: F401  (registers Plait with the Auto classes)
 
+    check_local_path(recipe.model.pretrained, "model.pretrained")
     ft, source = recipe.finetune, os.path.expanduser(recipe.model.pretrained)
     load = dict(dtype=torch.float32, attn_implementation=recipe.model.attn_implementation)
-    tokenizer_source = os.path.expanduser(recipe.data.tokenizer or source)
+    tokenizer_source = recipe.data.tokenizer or source
+    tokenizer_key = "data.tokenizer" if recipe.data.tokenizer else "model.pretrained"
     if ft.task == "causal_lm":
-        processor = AutoTokenizer.from_pretrained(tokenizer_source)
+        processor = load_tokenizer_from(tokenizer_source, tokenizer_key)
         samples = recipe.train.max_steps * args.train_batch_size * args.gradient_accumulation_steps
-        dataset = build_lm_dataset(
+        data = build_lm_dataset(
             recipe.data, processor, cache_dir, recipe.train.seed, samples * args.world_size
         )
         collator = default_data_collator
@@ -231,24 +273,24 @@ def prepare_finetune(
         model = AutoModelForCausalLM.from_pretrained(source, **load)
         model.config.use_cache = False
     elif ft.task == "sequence_classification":
-        processor = AutoTokenizer.from_pretrained(tokenizer_source)
+        processor = load_tokenizer_from(tokenizer_source, tokenizer_key)
         with args.main_process_first(desc="tokenize"):
-            dataset, num_labels = _text_classification(recipe, processor)
+            data = _text_classification(recipe, processor)
         collator = DataCollatorWithPadding(processor)
         set_seed(recipe.train.seed)
-        model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=num_labels, **load)
+        model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=data.num_labels, **load)
         if model.config.pad_token_id is None:
             model.config.pad_token_id = processor.pad_token_id
     else:  # image_classification
         processor = AutoImageProcessor.from_pretrained(source)
-        dataset, num_labels = _image_classification(recipe, processor)
+        data = _image_classification(recipe, processor)
         collator = default_data_collator
         set_seed(recipe.train.seed)
         model = AutoModelForImageClassification.from_pretrained(  # a new head when the label count differs
-            source, num_labels=num_labels, ignore_mismatched_sizes=True, **load
+            source, num_labels=data.num_labels, ignore_mismatched_sizes=True, **load
         )
     model, callbacks = apply_recipe_method(model, recipe)
-    return processor, dataset, collator, model, callbacks
+    return processor, data, collator, model, callbacks
 
 
 def apply_recipe_method(model: nn.Module, recipe: Recipe) -> tuple[nn.Module, list[TrainerCallback]]:

@@ -13,9 +13,10 @@ from transformers import AutoTokenizer, TrainingArguments, default_data_collator
 
 from .data import build_lm_dataset, iter_texts, load_documents
 from .prepare import iter_documents
-from .pretrained import load_pretrained
+from .pretrained import check_local_path, load_pretrained, load_tokenizer_from
 from .recipe import Recipe, RecipeError, model_config
 from .task import Task
+from .tokenizer import MIN_VOCAB_SIZE, train_bpe_tokenizer
 
 
 def load_tokenizer(recipe: Recipe, args: TrainingArguments) -> Any:
@@ -23,15 +24,18 @@ def load_tokenizer(recipe: Recipe, args: TrainingArguments) -> Any:
     BPE trained on the training text (saved under output_dir so a resumed run uses the very same one): the
     main process trains it, the others load it."""
     if recipe.data.tokenizer:
-        return AutoTokenizer.from_pretrained(recipe.data.tokenizer)
+        return load_tokenizer_from(recipe.data.tokenizer, "data.tokenizer")
     if recipe.data.source == "prepared":
         return AutoTokenizer.from_pretrained(Path(recipe.data.mixture[0]["path"]).expanduser() / "tokenizer")
     path = Path(recipe.train.output_dir) / "tokenizer"
+    vocab = recipe.model.config.get("vocab_size", 8192)
+    if vocab < MIN_VOCAB_SIZE:
+        raise RecipeError(
+            f"model.config.vocab_size={vocab} is too small to train the byte-level BPE tokenizer on the data "
+            f"(at least {MIN_VOCAB_SIZE}: 256 bytes and 2 special tokens); raise it or set data.tokenizer"
+        )
     with args.main_process_first(desc="train tokenizer"):
         if not (path / "tokenizer.json").exists():
-            from .tokenizer import train_bpe_tokenizer
-
-            vocab = recipe.model.config.get("vocab_size", 8192)
             tok = train_bpe_tokenizer(
                 islice(iter_documents(recipe.data), recipe.data.tokenizer_train_documents),
                 vocab_size=vocab,
@@ -72,6 +76,8 @@ def build_model(recipe: Recipe, tokenizer) -> torch.nn.Module:
 
 
 def build_lm_task(recipe: Recipe, args: TrainingArguments) -> Task:
+    if recipe.model.pretrained:  # a missing directory is reported before the data are tokenized
+        check_local_path(recipe.model.pretrained, "model.pretrained")
     tokenizer = load_tokenizer(recipe, args)
     cache_dir = recipe.data.cache_dir or str(Path(recipe.train.output_dir) / "data_cache")
     samples = (

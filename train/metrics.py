@@ -1,5 +1,6 @@
 """Training metrics logged with every loss: throughput (tokens/s, samples/s), achieved TFLOPs per device and
-MFU (see `flops_per_token`), plus the hyper-connection composite gain when the model has one."""
+MFU (FLOPs per token: `plait.train.flops`), plus the hyper-connection composite gain when the model has
+one."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from torch import nn
 from transformers import TrainerCallback
 
 from plait.modeling.diagnostics import residual_mixing
+
+from .flops import flops_per_token  # noqa: F401  (re-exported: the trainer's and the benchmarks' import)
 
 # Dense (no sparsity) peak TFLOPs per device by precision; the first name contained in the device name wins.
 PEAK_TFLOPS: list[tuple[str, dict[str, float]]] = [
@@ -43,27 +46,6 @@ def peak_tflops(precision: str, override: float | None = None) -> float | None:
     return None
 
 
-def flops_per_token(model: nn.Module, seq_len: int) -> float:
-    """Training FLOPs per token: 6·N (forward + backward of every matmul weight, N excluding an input
-    embedding table, which is a lookup; a ViT's patch projection is a matmul and counts) plus attention's
-    12·L·d_attn·T (PaLM, appendix B: scores and values, forward and backward, for the full T×T square)."""
-    config = model.config
-    embedding = model.get_input_embeddings()
-    n = sum(_numel(p) for p in model.parameters())
-    if isinstance(embedding, nn.Embedding) and not getattr(config, "tie_word_embeddings", False):
-        n -= sum(_numel(p) for p in embedding.parameters())
-    # Configs without layer_types / head_dim (BERT and other fine-tuned transformers models): all attention.
-    layer_types = getattr(config, "layer_types", None) or ["full_attention"] * config.num_hidden_layers
-    attention_layers = sum(1 for t in layer_types if t == "full_attention")
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    d_attn = config.num_attention_heads * head_dim
-    return 6.0 * n + 12.0 * attention_layers * d_attn * seq_len
-
-
-def _numel(p: torch.Tensor) -> int:
-    return int(p.ds_numel) if hasattr(p, "ds_numel") else p.numel()  # ZeRO-3 partitions hold a placeholder
-
-
 def composite_gain(model: nn.Module, probe: torch.Tensor | None) -> dict[str, float]:
     """mHC's composite gain of the residual mixing on one training example (`probe`, the model's main input,
     `plait.modeling.diagnostics`): the max absolute row (forward) and column (backward) sums of the product of
@@ -75,25 +57,37 @@ def composite_gain(model: nn.Module, probe: torch.Tensor | None) -> dict[str, fl
 
 
 class Clock(TrainerCallback):
-    """Marks when the first step starts so the first log's throughput excludes set-up time."""
+    """Marks when the first step starts so the first log's throughput excludes set-up time, and counts the
+    tokens this rank fed since the last mark (`count`): text batches padded to their longest sequence hold
+    fewer than `seq_len` tokens per sample."""
 
     def __init__(self):
         self.mark: float | None = None
         self.step = 0
+        self.counted = 0
 
     def on_step_begin(self, args, state, control, **kwargs):
         if self.mark is None:
             self.mark, self.step = time.perf_counter(), state.global_step
 
-    def throughput(self, global_step: int, tokens_per_step: int, tokens_per_sample: int) -> dict[str, float]:
-        """Tokens and samples per second since the last call (empty before the first step), then re-mark."""
+    def count(self, tokens: int) -> None:
+        if self.mark is not None:
+            self.counted += tokens
+
+    def throughput(
+        self, global_step: int, tokens_per_step: int, tokens_per_sample: int, world_size: int = 1
+    ) -> dict[str, float]:
+        """Tokens and samples per second since the last call (empty before the first step), then re-mark.
+        Tokens are the counted ones (this rank's times `world_size`) when any were, else `tokens_per_step`
+        per step."""
         if self.mark is None:
             return {}
         now = time.perf_counter()
         steps = global_step - self.step
         out = {}
         if steps > 0:
-            tokens_per_s = steps * tokens_per_step / (now - self.mark)
-            out = {"tokens_per_s": tokens_per_s, "samples_per_s": tokens_per_s / tokens_per_sample}
-        self.mark, self.step = now, global_step
+            tokens = self.counted * world_size if self.counted else steps * tokens_per_step
+            samples = steps * tokens_per_step / tokens_per_sample
+            out = {"tokens_per_s": tokens / (now - self.mark), "samples_per_s": samples / (now - self.mark)}
+        self.mark, self.step, self.counted = now, global_step, 0
         return out

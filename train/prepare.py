@@ -81,6 +81,21 @@ def _kind(path: Path) -> str:
     return "document"
 
 
+def check_parquet(path: Path, key: str):
+    """The opened `pyarrow.parquet.ParquetFile`: its footer reads (not truncated, not another format) and it
+    holds rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        raise RecipeError(f"{key}={str(path)!r} is not a readable parquet file ({e})") from None
+    if parquet.metadata.num_rows == 0:
+        raise RecipeError(f"{key}={str(path)!r} is empty; every data file needs at least one record")
+    return parquet
+
+
 def _pieces(files: list[Path]) -> list[tuple[int, str, int, int]]:
     """(file index, kind, start, stop) work units: byte ranges of JSONL, row groups of parquet."""
     pieces = []
@@ -88,11 +103,13 @@ def _pieces(files: list[Path]) -> list[tuple[int, str, int, int]]:
         kind = _kind(path)
         if kind == "lines":
             size = path.stat().st_size
+            with open(path, "rb") as f:
+                head = f.read(CHUNK_BYTES if size <= CHUNK_BYTES else 0)
+            if size <= CHUNK_BYTES and not head.strip():
+                raise RecipeError(f"data.paths[{i}]={str(path)!r} is empty; every data file needs a record")
             pieces += [(i, kind, s, min(size, s + CHUNK_BYTES)) for s in range(0, max(size, 1), CHUNK_BYTES)]
         elif kind == "parquet":
-            import pyarrow.parquet as pq
-
-            groups = pq.ParquetFile(path).num_row_groups
+            groups = check_parquet(path, f"data.paths[{i}]").num_row_groups
             pieces += [(i, kind, g, g + 1) for g in range(groups)]
         else:
             pieces.append((i, kind, 0, 0))
@@ -163,6 +180,8 @@ def iter_piece(path: Path, kind: str, start: int, stop: int, text_field: str, ke
                 f"{key}={str(path)!r} looks binary (NUL bytes); give UTF-8 text, JSON(L) or parquet"
             )
         text = _decode(raw, path, 0, key)
+        if not text.strip():
+            raise RecipeError(f"{key}={str(path)!r} is empty; every data file needs a record")
         if kind == "document":
             yield text
             return
@@ -170,6 +189,8 @@ def iter_piece(path: Path, kind: str, start: int, stop: int, text_field: str, ke
             rows = json.loads(text)
         except json.JSONDecodeError as e:
             raise RecipeError(f"{key}={str(path)!r} line {e.lineno}: invalid JSON ({e.msg})") from None
+        if rows == []:
+            raise RecipeError(f"{key}={str(path)!r} holds no records; every data file needs a record")
         for row in rows if isinstance(rows, list) else [rows]:
             yield _record_text(row, path, 1, text_field, key)
         return
@@ -440,6 +461,11 @@ def _manifest(plan: dict, shards: list[dict], files: list[Path], data: DataRecip
     for meta in shards:
         for field in ("documents", "tokens", "bytes"):
             sources[meta["source"]][field] += meta[field]
+    for i, source in enumerate(sources):
+        if files and not source["documents"]:
+            raise RecipeError(
+                f"data.paths[{i}]={source['source']!r} holds no records; every data file needs a record"
+            )
     kept = [
         {"index": m["index"], "documents": m["documents"], "tokens": m["tokens"]}
         for m in shards

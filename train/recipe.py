@@ -150,6 +150,7 @@ class LoggingRecipe:
 class EvalRecipe:
     every: int = 0  # steps between evaluations (plait.eval.periodic); 0 disables periodic evaluation
     split: str = "validation"  # held-out split of data.source (the default corpus: its validation files)
+    held_out_fraction: float = 0.1  # classification fine-tunes without an `eval.split`: the share carved off
     max_documents: int = 50  # held-out documents scored for loss/perplexity
     tasks: list[str] = field(default_factory=list)  # lm-eval tasks also scored (e.g. hellaswag, arc_easy)
     limit: int = 100  # documents per lm-eval task
@@ -258,6 +259,7 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "logging.peak_tflops": (lambda v: v is None or v > 0, "null or a positive number"),
     "eval.every": (lambda v: v >= 0, "an integer >= 0 (0 disables periodic evaluation)"),
     "eval.max_documents": (lambda v: v >= 1, "an integer >= 1"),
+    "eval.held_out_fraction": (lambda v: 0 < v < 1, "a number in (0, 1)"),
     "eval.limit": (lambda v: v >= 1, "an integer >= 1"),
     "eval.batch_size": (lambda v: v >= 1, "an integer >= 1"),
 }
@@ -402,7 +404,8 @@ def _cross_checks(recipe: Recipe) -> None:
         from .prepared import check_mixture
 
         check_mixture(data.mixture)
-    if recipe.eval.every and data.source in ("files", "prepared"):
+    classifies = recipe.finetune.method is not None and recipe.finetune.task != "causal_lm"
+    if recipe.eval.every and data.source in ("files", "prepared") and not classifies:
         raise RecipeError(
             f"eval.every={recipe.eval.every} needs held-out text, but data.source={data.source!r} has no "
             f"{recipe.eval.split!r} split; use data.source 'default' or 'hub', or set eval.every=0"
@@ -418,11 +421,6 @@ def _cross_checks(recipe: Recipe) -> None:
         raise RecipeError(
             f"finetune.task={ft.task!r} does not fit model.arch='plait-vit'; set finetune.task: "
             "image_classification"
-        )
-    if recipe.eval.every and ft.method is not None and ft.task != "causal_lm" and not vit:
-        raise RecipeError(
-            f"eval.every={recipe.eval.every} evaluates language models and the plait-vit task; "
-            f"finetune.task={ft.task!r} is neither (set eval.every=0)"
         )
     if ft.method is not None and not recipe.model.pretrained:
         raise RecipeError(f"finetune.method={ft.method!r} needs model.pretrained (the model to fine-tune)")
@@ -519,9 +517,14 @@ def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe
             f"recipe {str(path)!r} is not a file; give a YAML recipe file or a shipped recipe name"
         )
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise RecipeError(f"recipe file {path} is not valid YAML: {e}") from None
+    if not data:  # an empty (or all-comment) file would silently train the default model
+        raise RecipeError(
+            f"recipe file {path} is empty; give its sections (model, data, train, ...) or a shipped "
+            "recipe name"
+        )
     if not isinstance(data, dict):
         raise RecipeError(f"recipe file {path} must hold a mapping of sections, got {type(data).__name__}")
     return recipe_from_dict(apply_overrides(data, overrides or []))

@@ -13,13 +13,14 @@ from transformers import PreTrainedTokenizerFast
 
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
+MIN_VOCAB_SIZE = 256 + 2  # the byte alphabet and the two special tokens
 
 
 def train_bpe_tokenizer(
     texts: Iterable[str], vocab_size: int = 8192, min_frequency: int = 2, model_max_length: int = 1024
 ) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE tokenizer on `texts`; `<|endoftext|>` is BOS/EOS, `<|pad|>` pads."""
-    if vocab_size < 256 + 2:
+    if vocab_size < MIN_VOCAB_SIZE:
         raise ValueError(f"vocab_size={vocab_size} must cover the 256 byte symbols plus 2 special tokens")
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -78,6 +78,8 @@ class PlaitTrainer(AtomicCheckpoints, Trainer):
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         self.probe = inputs[self.accelerator.unwrap_model(model).main_input_name][:1].detach()
+        if "input_ids" in inputs:  # text: the tokens that run, padding to the batch's longest included
+            self.clock.count(inputs["input_ids"].numel())
         return super().training_step(model, inputs, num_items_in_batch)
 
     def _maybe_log_save_evaluate(self, tr_loss, grad_norm, *args, **kwargs):
@@ -146,7 +148,7 @@ class PlaitTrainer(AtomicCheckpoints, Trainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:
             throughput = self.clock.throughput(
-                self.state.global_step, self.tokens_per_step, max(1, self.seq_len)
+                self.state.global_step, self.tokens_per_step, max(1, self.seq_len), self.args.world_size
             )
             if throughput:
                 tflops = throughput["tokens_per_s"] * self.flops_token / self.args.world_size / 1e12

@@ -1,5 +1,7 @@
 """Two-process CPU (gloo) runs through the real launcher: `accelerate launch` with the shipped DDP, DeepSpeed
-ZeRO-2 and ZeRO-3 configs, each training a tiny model a few steps and saving a `from_pretrained` model."""
+ZeRO-2, ZeRO-3 and FSDP2 configs (and ZeRO-1 through zero2.yaml pointed at zero1.json), each training a tiny
+model a few steps and saving a `from_pretrained` model. Every engine computes what one process computes on
+the same global batch: the same loss at every step and the same final weights."""
 
 import contextlib
 import json
@@ -15,10 +17,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 import plait.modeling  # noqa: F401  (registers Plait with the Auto classes)
+from plait.train.recipe import recipe_from_dict
 from plait.train.run_dir import checkpoint_problems
+from plait.train.trainer import run
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,13 +48,24 @@ def tiny_recipe(output_dir: Path) -> dict:
     }
 
 
+def _accelerate_config(engine: str, recipe: Path) -> Path:
+    """The shipped config of `engine`; ZeRO-1 is zero2.yaml with zero1.json (written beside the recipe)."""
+    if engine != "zero1":
+        return ROOT / "launch/accelerate" / f"{engine}.yaml"
+    config = yaml.safe_load((ROOT / "launch/accelerate/zero2.yaml").read_text())
+    config["deepspeed_config"]["deepspeed_config_file"] = str(ROOT / "launch/deepspeed/zero1.json")
+    path = recipe.parent / "zero1.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
 def _launch(engine: str, recipe: Path) -> subprocess.CompletedProcess:
     cmd = [
         sys.executable,
         "-m",
         "accelerate.commands.launch",
         "--config_file",
-        str(ROOT / "launch/accelerate" / f"{engine}.yaml"),
+        str(_accelerate_config(engine, recipe)),
         "--num_processes",
         "2",
         "--main_process_port",
@@ -68,15 +84,42 @@ def _losses(out: Path) -> dict[int, float]:
     return {h["step"]: h["loss"] for h in json.loads((out / "log_history.json").read_text()) if "loss" in h}
 
 
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory) -> Path:
+    """The reference for every engine: the same recipe in one process, whose micro-batch holds both ranks'
+    (the same global batch, in the same order)."""
+    out = tmp_path_factory.mktemp("one-process") / "run"
+    recipe = tiny_recipe(out)
+    recipe["train"]["micro_batch_size"] *= 2
+    run(recipe_from_dict(recipe))
+    return out
+
+
+def assert_same_computation(out: Path, reference: Path, rel: float = 1e-4) -> None:
+    """`out` logged `reference`'s loss at every step and ended with its weights (each tensor within `rel` of
+    the reference in norm): the engine computed the same thing as one process."""
+    losses, expected = _losses(out), _losses(reference)
+    assert losses.keys() == expected.keys() == {1, 2, 3}
+    for step, loss in expected.items():
+        assert losses[step] == pytest.approx(loss, rel=rel), (step, losses, expected)
+    final = load_file(out / "final" / "model.safetensors")
+    reference_final = load_file(reference / "final" / "model.safetensors")
+    assert final.keys() == reference_final.keys()
+    for name, want in reference_final.items():
+        error = (final[name] - want).norm() / want.norm()
+        assert error <= rel, f"{name}: relative difference {error:.2e} from the one-process weights"
+
+
 @pytest.mark.parametrize(
     "engine, rank1_file",
     [
         ("ddp", "rng_state_1.pth"),
+        ("zero1", "global_step2/zero_pp_rank_1_mp_rank_00_optim_states.pt"),
         ("zero2", "global_step2/zero_pp_rank_1_mp_rank_00_optim_states.pt"),
         ("zero3", "global_step2/zero_pp_rank_1_mp_rank_00_model_states.pt"),
     ],
 )
-def test_two_process_run_through_accelerate_launch(engine, rank1_file, tmp_path):
+def test_two_process_run_through_accelerate_launch(engine, rank1_file, tmp_path, one_process):
     out = tmp_path / "run"
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump(tiny_recipe(out)))
@@ -90,6 +133,7 @@ def test_two_process_run_through_accelerate_launch(engine, rank1_file, tmp_path)
     assert model.lm_head.weight.shape == (300, 32)  # full (gathered) weights, also under ZeRO-3
     ids = torch.randint(0, 300, (1, 16))
     assert torch.isfinite(model(input_ids=ids, labels=ids).loss)
+    assert_same_computation(out, one_process)
     if engine == "zero3":
         # Resume with sharded parameters and optimizer states: drop the last checkpoint and the final model,
         # relaunch; it continues from checkpoint-2 and step 3 repeats the uninterrupted loss exactly.
@@ -196,11 +240,10 @@ def test_killing_the_launcher_ends_its_workers(tmp_path):
                 os.kill(pid, signal.SIGKILL)
 
 
-def test_fsdp2_on_cpu_shards_resumes_exactly_and_gathers_the_final_model(tmp_path):
+def test_fsdp2_on_cpu_shards_resumes_exactly_and_gathers_the_final_model(tmp_path, one_process):
     """`fsdp.yaml` on CPU runs as FSDP2 (Accelerate alone would fall back to DDP): each rank writes its own
     half of a sharded (torch.distributed.checkpoint) checkpoint, a resume from it repeats the uninterrupted
     losses, and `final` holds the whole model, equal to the consolidated last checkpoint."""
-    from safetensors.torch import load_file
     from torch.distributed.checkpoint import FileSystemReader
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
@@ -210,6 +253,7 @@ def test_fsdp2_on_cpu_shards_resumes_exactly_and_gathers_the_final_model(tmp_pat
     proc = _launch("fsdp", recipe)
     engine = "engine FSDP2 (sharded_state_dict checkpoints), world size 2, precision fp32; fresh start"
     assert engine in proc.stdout
+    assert_same_computation(out, one_process)
 
     # each weight is saved in two halves, one written by each rank: sharded, not a replica of all of it
     metadata = FileSystemReader(out / "checkpoint-2" / "pytorch_model_fsdp_0").read_metadata()

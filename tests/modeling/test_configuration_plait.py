@@ -14,6 +14,8 @@ from plait.modeling.registry import MLP_ACTIVATIONS
         ({"mlp_act": "tanh"}, "mlp_act", "'tanh'"),
         ({"attention": "linear"}, "attention", "'linear'"),
         ({"num_hidden_layers": 2, "layer_types": ["attention", "conv"]}, "layer_types[1]", "'conv'"),
+        # an alias transformers renames ("mamba" -> "linear_attention") is reported as the user wrote it
+        ({"num_hidden_layers": 2, "layer_types": ["attention", "mamba"]}, "layer_types[1]", "'mamba'"),
     ],
 )
 def test_unknown_switch_value_names_field_value_and_choices(kwargs, field, value):

@@ -87,8 +87,10 @@ def test_finetune_recipe_validation():
         recipe_from_dict({**base, "finetune": {"method": "lora", "r": 0}})
     with pytest.raises(RecipeError, match="skan_families"):
         recipe_from_dict({**base, "finetune": {"method": "kan_skan", "skan_families": ["fourier"]}})
-    with pytest.raises(RecipeError, match="eval.every=5 evaluates language models"):
-        load_recipe("finetune-minilm-sst2", ["eval.every=5"])
+    with pytest.raises(
+        RecipeError, match=r"eval.held_out_fraction=1.0 is out of range; expected a number in \(0, 1\)"
+    ):
+        load_recipe("finetune-minilm-sst2", ["eval.held_out_fraction=1.0"])
     with pytest.raises(RecipeError, match="finetune.task='causal_lm' does not fit model.arch='plait-vit'"):
         load_recipe("finetune-vit-digits", ["finetune.task=causal_lm"])
     for name in ("finetune-lm-nera", "finetune-lm-kappatune", "finetune-minilm-sst2", "finetune-vit-digits"):
@@ -132,6 +134,7 @@ def test_kappatune_on_minilm_sst2_trains_only_the_lowest_kappa_tensors(tmp_path)
             "finetune.kappa_count=2",
             "finetune.kappa_max_dim=384",  # no SVD of the FFN and embedding matrices: faster
             "data.max_documents=48",
+            "eval.every=2",
             "train.max_steps=3",
             "optim.warmup_steps=0",
             "optim.lr=1e-3",
@@ -141,6 +144,15 @@ def test_kappatune_on_minilm_sst2_trains_only_the_lowest_kappa_tensors(tmp_path)
         ],
     )
     result = run(recipe)
+    held_out = json.loads((tmp_path / "held_out.json").read_text())  # one split: 30% carved off, recorded
+    assert held_out["held_out"] == "carved" and held_out["documents"] == len(held_out["indices"]) == 14
+    assert len(result.trainer.train_dataset) == 48 - 14
+    evaluated = {e["step"]: e["eval_accuracy"] for e in result.log_history if "eval_accuracy" in e}
+    assert evaluated.keys() == {2, 3}  # during (eval.every) and after training
+    assert all(0 <= a <= 1 and round(a * 14) == a * 14 for a in evaluated.values())
+    # throughput counts the tokens that ran: batches padded to their longest sentence, under data.seq_len
+    logged = [e for e in result.log_history if "tokens_per_s" in e]
+    assert logged and all(e["tokens_per_s"] / e["samples_per_s"] < 64 for e in logged)
     kappa = json.loads((tmp_path / "kappa.json").read_text())
     (by_weights,) = kappa.values()
     base = AutoModelForSequenceClassification.from_pretrained(str(data_path("minilm-l6")), num_labels=2)
@@ -268,3 +280,37 @@ def test_adapters_save_the_batch_norm_statistics_they_trained_with(method, tmp_p
     reloaded = load(fresh, tmp_path / "adapter").eval()
     pixels = torch.randn(2, 1, 16, 16) * 3 + 2
     torch.testing.assert_close(reloaded(pixel_values=pixels).logits, model.eval()(pixel_values=pixels).logits)
+
+
+def test_held_out_documents_are_the_datas_own_split_or_a_recorded_carve_off(tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    from plait.train.held_out import split_held_out
+
+    docs = Dataset.from_dict({"text": [f"doc {i}" for i in range(20)], "label": [i % 2 for i in range(20)]})
+    DatasetDict(train=docs, validation=docs.select(range(5))).save_to_disk(tmp_path / "two")
+    docs.save_to_disk(tmp_path / "one")
+
+    def recipe(folder, *overrides):
+        sets = [
+            f"data.paths=[{tmp_path / folder}]",
+            "data.split=train",
+            "data.max_documents=null",
+            *overrides,
+        ]
+        return load_recipe("finetune-minilm-sst2", sets)
+
+    train, held, record = split_held_out(recipe("two"), docs)
+    assert (len(train), len(held), record) == (
+        20,
+        5,
+        {"held_out": "split", "split": "validation", "documents": 5},
+    )
+    train, held, record = split_held_out(recipe("one", "eval.held_out_fraction=0.25", "train.seed=3"), docs)
+    assert record["held_out"] == "carved" and len(held) == record["documents"] == 5 and len(train) == 15
+    assert sorted([*held["text"], *train["text"]]) == sorted(docs["text"])  # a partition: never trained on
+    assert list(held["text"]) == [f"doc {i}" for i in record["indices"]]
+    again = split_held_out(recipe("one", "eval.held_out_fraction=0.25", "train.seed=3"), docs)[2]
+    assert again == record  # deterministic: a resume holds out the same documents
+    with pytest.raises(RecipeError, match="leaves 0 held out"):
+        split_held_out(recipe("one", "eval.held_out_fraction=0.01"), docs)

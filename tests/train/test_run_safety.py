@@ -15,6 +15,7 @@ from transformers import AutoConfig, LlamaConfig, LlamaForCausalLM, TrainerCallb
 
 import plait.modeling  # noqa: F401  (registers Plait with the Auto classes)
 from plait.modeling import PlaitConfig, PlaitForCausalLM
+from plait.train.cli import main
 from plait.train.errors import RunError
 from plait.train.recipe import RecipeError, load_recipe
 from plait.train.run_dir import AlreadyFinished, DirectoryLock, unsafe_pickles
@@ -335,3 +336,70 @@ def test_a_full_disk_is_one_line(monkeypatch, capsys):
         "No space left on device writing /data/run/.staging/checkpoint-2/optimizer.pt"
         in capsys.readouterr().err
     )
+
+
+# ------------------------------------------------------------------------ CLI: bad inputs, one line each
+def _parquet(path: Path, rows: int) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": ["a document"] * rows}), path)
+
+
+@pytest.mark.parametrize(
+    "name, write, message",
+    [
+        ("empty.jsonl", lambda p: p.write_text(""), "is empty"),
+        ("blank.txt", lambda p: p.write_text("\n \n"), "is empty"),
+        ("none.json", lambda p: p.write_text("[]"), "holds no records"),
+        ("corrupt.parquet", lambda p: p.write_bytes(b"PAR1 not really parquet"), "is not a readable parquet"),
+        ("rowless.parquet", lambda p: _parquet(p, 0), "is empty"),
+    ],
+)
+def test_empty_or_unreadable_data_files_are_one_line(tmp_path, capsys, name, write, message):
+    path = tmp_path / name
+    write(path)
+    args = [f"train.output_dir={tmp_path / 'run'}", *TINY, "data.source=files", f"data.paths=[{path}]"]
+    assert main(["tiny", *[f"--set={a}" for a in args]]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"plait-train: error: data.paths[0]={str(path)!r} {message}"), err
+    assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "recipe_text, overrides, message",
+    [
+        ("", [], "is empty; give its sections"),
+        ("# only a comment\n", [], "is empty; give its sections"),
+        (None, ["model.config.vocab_size=100"], "model.config.vocab_size=100 is too small to train"),
+        (None, ["data.tokenizer=TMP/no-such-tokenizer"], "data.tokenizer='TMP/no-such-tokenizer' does not"),
+        (
+            None,
+            ["model.config={}", "model.pretrained=TMP/no-model"],
+            "model.pretrained='TMP/no-model' does not",
+        ),
+        (
+            "finetune-minilm-sst2",
+            ["model.pretrained=TMP/no-model", "optim.warmup_steps=0"],
+            "model.pretrained='TMP/no-model' does not",
+        ),
+        (None, ["data.tokenizer=TMP"], "data.tokenizer='TMP': cannot load a tokenizer from it"),
+        (
+            None,
+            ["model.config.layer_types=[attention,mamba]"],
+            "layer_types[1]='mamba' (an alias transformers renames to 'linear_attention') is not a valid",
+        ),
+    ],
+)
+def test_bad_recipes_are_one_line_naming_the_file_or_field(tmp_path, capsys, recipe_text, overrides, message):
+    if recipe_text is None or recipe_text.startswith("finetune"):
+        name = recipe_text or "tiny"
+    else:
+        name = str(tmp_path / "recipe.yaml")
+        (tmp_path / "recipe.yaml").write_text(recipe_text)
+    overrides = [o.replace("TMP", str(tmp_path)) for o in overrides]
+    args = [f"train.output_dir={tmp_path / 'run'}", *TINY, *overrides]
+    assert main([name, *[f"--set={a}" for a in args]]) == 2
+    err = capsys.readouterr().err
+    assert message.replace("TMP", str(tmp_path)) in err and err.startswith("plait-train: error: "), err
+    assert err.count("\n") == 1
