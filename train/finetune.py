@@ -49,6 +49,7 @@ from transformers import (
 from plait.modeling.adapters import KANConfig, skan_prune, skan_select
 
 from . import kappatune
+from .attention_backend import attn_implementation
 from .data import build_lm_dataset, load_documents, load_raw
 from .recipe import FinetuneRecipe, Recipe, RecipeError
 from .task import Task
@@ -218,7 +219,8 @@ def prepare_finetune(
     import plait.modeling  # noqa: F401  (registers Plait with the Auto classes)
 
     ft, source = recipe.finetune, os.path.expanduser(recipe.model.pretrained)
-    load = dict(dtype=torch.float32, attn_implementation=recipe.model.attn_implementation)
+    packed = ft.task == "causal_lm" and recipe.data.document_masking
+    load = dict(dtype=torch.float32, attn_implementation=attn_implementation(recipe, packed))
     tokenizer_source = os.path.expanduser(recipe.data.tokenizer or source)
     if ft.task == "causal_lm":
         processor = AutoTokenizer.from_pretrained(tokenizer_source)
