@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from .backend import require_triton, tl, triton, use_triton
+from .backend import interpreting, require_triton, tl, triton, use_triton
 
 SCAN_MODES = ("sequential", "parallel", "triton")
 
@@ -198,7 +198,7 @@ def linear_scan_triton(
     batch, T, D = b.shape[:3]
     A, b = A.contiguous(), b.contiguous()
     h = torch.empty_like(b)
-    if b.is_cuda:
+    if not interpreting():
         launch = CUDA_LAUNCH["block" if block else "diag"]
         block_t, block_d = block_t or launch["block_t"], block_d or launch["block_d"]
         options = {"num_warps": launch["num_warps"]}
