@@ -580,10 +580,12 @@ def _lssa_bwd_dkdv_kernel(
 
 
 # CUDA launch shapes: square BLOCK×BLOCK tiles, warps per program and software-pipelining depth, for the
-# forward and for both backward kernels (bench/gpu_kernels.py sweeps them on an H100).
+# forward and for both backward kernels (bench/gpu_kernels.py sweeps them on an H100). The backward's tiles
+# are 32 wide: at 64 its kernels spill registers at head dim 128 with 4 or 8 warps (ptxas's report,
+# bench/kernels_static.py); at 32 they take under 190 registers, two programs per SM.
 CUDA_LAUNCH = {
     "fwd": {"block": 64, "num_warps": 4, "num_stages": 2},
-    "bwd": {"block": 64, "num_warps": 4, "num_stages": 2},
+    "bwd": {"block": 32, "num_warps": 4, "num_stages": 2},
 }
 
 
