@@ -31,6 +31,11 @@ to [B, 1, Tq, Tk] (True = may attend) or None, and `causal`, the backbone's caus
 every caller: with no mask, a causal call sees the keys up to its own position aligned to the last key
 (Tq ≤ Tk, as in KV-cache decoding) and a non-causal one sees every key; a given mask already says what is
 visible. N_i is the number of visible keys of row i, so padding and cached keys count correctly.
+
+Packed documents: instead of a dense mask, `segment_ids` (int [B, Tk], nondecreasing along the sequence, one
+value per document; query row i belongs to key position i + Tk − Tq) say which keys a query may see: those of
+its own document (and, when causal, not after it). The kernels then read two ids per tile instead of an
+L×L mask, and N_i is counted from the document starts/ends (`segment_counts`) without an L×L tensor.
 """
 
 from __future__ import annotations
@@ -58,6 +63,36 @@ def key_counts(mask: torch.Tensor) -> torch.Tensor:
     return mask.sum(-1, dtype=torch.float32)
 
 
+def segment_mask(segment_ids: torch.Tensor, q_len: int, causal: bool) -> torch.Tensor:
+    """The dense bool [B, 1, Tq, Tk] mask that `segment_ids` stand for (the reference; the kernels never
+    build it): same document, and not a later key when causal."""
+    kv_len = segment_ids.shape[-1]
+    same = segment_ids[:, kv_len - q_len :, None] == segment_ids[:, None, :]
+    if causal:
+        same = same & torch.ones(q_len, kv_len, dtype=torch.bool, device=segment_ids.device).tril(
+            kv_len - q_len
+        )
+    return same[:, None]
+
+
+def segment_counts(segment_ids: torch.Tensor, q_len: int, causal: bool) -> torch.Tensor:
+    """N_i from document boundaries, float32 [B, Tq] in O(Tk) memory: the position inside the document + 1
+    when causal, else the document's length (documents are runs of equal ids)."""
+    kv_len = segment_ids.shape[-1]
+    idx = torch.arange(kv_len, device=segment_ids.device).expand_as(segment_ids)
+    new = torch.ones_like(segment_ids, dtype=torch.bool)
+    new[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
+    start = torch.where(new, idx, 0).cummax(-1).values
+    if causal:
+        counts = idx - start + 1
+    else:
+        last = torch.ones_like(new)
+        last[:, :-1] = new[:, 1:]
+        end = torch.where(last, idx, kv_len - 1).flip(-1).cummin(-1).values.flip(-1)
+        counts = end - start + 1
+    return counts[:, kv_len - q_len :].float()
+
+
 def lssa_naive(
     q,
     k,
@@ -68,19 +103,22 @@ def lssa_naive(
     dropout: float = 0.0,
     training: bool = False,
     causal: bool = True,
+    segment_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Reference LSSA / LSSAR in fp32. Returns [B, H, Tq, D] in `q.dtype`."""
-    weights = lssa_weights(q, k, mask, reweight, power, causal)
+    weights = lssa_weights(q, k, mask, reweight, power, causal, segment_ids)
     if dropout > 0.0:
         weights = F.dropout(weights, p=dropout, training=training)
     return (weights @ v.float()).to(q.dtype)
 
 
 def lssa_weights(
-    q, k, mask=None, reweight: bool = False, power: float = 15.0, causal: bool = True
+    q, k, mask=None, reweight: bool = False, power: float = 15.0, causal: bool = True, segment_ids=None
 ) -> torch.Tensor:
     """The attention matrix of LSSA / LSSAR, fp32 [B, H, Tq, Tk]: the reference's weights."""
     d, q_len, kv_len = q.shape[-1], q.shape[-2], k.shape[-2]
+    if segment_ids is not None:
+        mask = _only_one(mask, segment_mask(segment_ids, q_len, causal))
     mask = visible_mask(mask, q_len, kv_len, q.device, causal)
     n = key_counts(mask)[..., None]  # [B, 1, Tq, 1]
     scale = math.log(d) * torch.log(n.clamp_min(1.0))
@@ -98,6 +136,12 @@ def lssa_weights(
     return weights
 
 
+def _only_one(mask, segment_mask_or_ids):
+    if mask is not None:
+        raise ValueError("pass either a dense mask or segment_ids, not both")
+    return segment_mask_or_ids
+
+
 # ----------------------------------------------------------------------------------------------- Triton
 
 
@@ -110,7 +154,9 @@ def _visible(
     mask_ptr,
     stride_mq,
     stride_mk,
+    seg_ptr,
     HAS_MASK: tl.constexpr,
+    HAS_SEGMENTS: tl.constexpr,
     CAUSAL: tl.constexpr,
 ):
     inside = (offs_m[:, None] < q_len) & (offs_n[None, :] < kv_len)
@@ -121,6 +167,10 @@ def _visible(
         vis = inside & (offs_n[None, :] <= offs_m[:, None] + (kv_len - q_len))
     else:
         vis = inside
+    if HAS_SEGMENTS:
+        seg_q = tl.load(seg_ptr + offs_m + (kv_len - q_len), mask=offs_m < q_len, other=-1)
+        seg_k = tl.load(seg_ptr + offs_n, mask=offs_n < kv_len, other=-2)
+        vis = vis & (seg_q[:, None] == seg_k[None, :])
     return vis
 
 
@@ -161,12 +211,14 @@ def _lssa_fwd_kernel(
     Out,
     N,
     Mask,
+    Seg,
     Z,
     M,
     S,
     stride_mb,
     stride_mq,
     stride_mk,
+    stride_sb,
     heads,
     q_len,
     kv_len,
@@ -178,6 +230,7 @@ def _lssa_fwd_kernel(
     BLOCK_D: tl.constexpr,
     REWEIGHT: tl.constexpr,
     HAS_MASK: tl.constexpr,
+    HAS_SEGMENTS: tl.constexpr,
     CAUSAL: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
@@ -190,6 +243,7 @@ def _lssa_fwd_kernel(
     k_base = bh * kv_len * head_dim
     row_off = bh * q_len
     mask_ptr = Mask + (bh // heads) * stride_mb
+    seg_ptr = Seg + (bh // heads) * stride_sb
     q = tl.load(
         Q + q_base + offs_m[:, None] * head_dim + offs_d[None, :],
         mask=(offs_m[:, None] < q_len) & d_ok[None, :],
@@ -213,7 +267,19 @@ def _lssa_fwd_kernel(
                 other=0.0,
             )
             s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
-            vis = _visible(offs_m, offs_n, q_len, kv_len, mask_ptr, stride_mq, stride_mk, HAS_MASK, CAUSAL)
+            vis = _visible(
+                offs_m,
+                offs_n,
+                q_len,
+                kv_len,
+                mask_ptr,
+                stride_mq,
+                stride_mk,
+                seg_ptr,
+                HAS_MASK,
+                HAS_SEGMENTS,
+                CAUSAL,
+            )
             a = tl.where(vis, _softplus(c[:, None] * s), 0.0)
             z += tl.sum(a, axis=1)
             amax = tl.maximum(amax, tl.max(a, axis=1))
@@ -229,7 +295,19 @@ def _lssa_fwd_kernel(
             k = tl.load(K + k_base + offs_n[:, None] * head_dim + offs_d[None, :], mask=kv_ok, other=0.0)
             v = tl.load(V + k_base + offs_n[:, None] * head_dim + offs_d[None, :], mask=kv_ok, other=0.0)
             s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
-            vis = _visible(offs_m, offs_n, q_len, kv_len, mask_ptr, stride_mq, stride_mk, HAS_MASK, CAUSAL)
+            vis = _visible(
+                offs_m,
+                offs_n,
+                q_len,
+                kv_len,
+                mask_ptr,
+                stride_mq,
+                stride_mk,
+                seg_ptr,
+                HAS_MASK,
+                HAS_SEGMENTS,
+                CAUSAL,
+            )
             a = tl.where(vis, _softplus(c[:, None] * s), 0.0)
             w, t, ratio = _reweight(a, n, inv_z, offset, m_safe, degenerate, power)
             w = tl.where(vis, w, 0.0)
@@ -244,7 +322,19 @@ def _lssa_fwd_kernel(
             k = tl.load(K + k_base + offs_n[:, None] * head_dim + offs_d[None, :], mask=kv_ok, other=0.0)
             v = tl.load(V + k_base + offs_n[:, None] * head_dim + offs_d[None, :], mask=kv_ok, other=0.0)
             s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
-            vis = _visible(offs_m, offs_n, q_len, kv_len, mask_ptr, stride_mq, stride_mk, HAS_MASK, CAUSAL)
+            vis = _visible(
+                offs_m,
+                offs_n,
+                q_len,
+                kv_len,
+                mask_ptr,
+                stride_mq,
+                stride_mk,
+                seg_ptr,
+                HAS_MASK,
+                HAS_SEGMENTS,
+                CAUSAL,
+            )
             a = tl.where(vis, _softplus(c[:, None] * s), 0.0)
             z += tl.sum(a, axis=1)
             acc += tl.dot(a.to(v.dtype), v, input_precision=DOT_PRECISION)
@@ -290,6 +380,7 @@ def _lssa_bwd_dq_kernel(
     DQ,
     N,
     Mask,
+    Seg,
     Z,
     M,
     S,
@@ -298,6 +389,7 @@ def _lssa_bwd_dq_kernel(
     stride_mb,
     stride_mq,
     stride_mk,
+    stride_sb,
     heads,
     q_len,
     kv_len,
@@ -309,6 +401,7 @@ def _lssa_bwd_dq_kernel(
     BLOCK_D: tl.constexpr,
     REWEIGHT: tl.constexpr,
     HAS_MASK: tl.constexpr,
+    HAS_SEGMENTS: tl.constexpr,
     CAUSAL: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
@@ -321,6 +414,7 @@ def _lssa_bwd_dq_kernel(
     k_base = bh * kv_len * head_dim
     row_off = bh * q_len
     mask_ptr = Mask + (bh // heads) * stride_mb
+    seg_ptr = Seg + (bh // heads) * stride_sb
     q_ok = (offs_m[:, None] < q_len) & d_ok[None, :]
     q = tl.load(Q + q_base + offs_m[:, None] * head_dim + offs_d[None, :], mask=q_ok, other=0.0)
     do = tl.load(DO + q_base + offs_m[:, None] * head_dim + offs_d[None, :], mask=q_ok, other=0.0)
@@ -341,7 +435,19 @@ def _lssa_bwd_dq_kernel(
             v = tl.load(V + k_base + offs_n[:, None] * head_dim + offs_d[None, :], mask=kv_ok, other=0.0)
             s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
             dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
-            vis = _visible(offs_m, offs_n, q_len, kv_len, mask_ptr, stride_mq, stride_mk, HAS_MASK, CAUSAL)
+            vis = _visible(
+                offs_m,
+                offs_n,
+                q_len,
+                kv_len,
+                mask_ptr,
+                stride_mq,
+                stride_mk,
+                seg_ptr,
+                HAS_MASK,
+                HAS_SEGMENTS,
+                CAUSAL,
+            )
             final, weights, g = _grad_weights(
                 s, vis, c, n, inv_z, offset, m_safe, degenerate, inv_total, dp, delta, power, REWEIGHT
             )
@@ -357,7 +463,19 @@ def _lssa_bwd_dq_kernel(
         v = tl.load(V + k_base + offs_n[:, None] * head_dim + offs_d[None, :], mask=kv_ok, other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
-        vis = _visible(offs_m, offs_n, q_len, kv_len, mask_ptr, stride_mq, stride_mk, HAS_MASK, CAUSAL)
+        vis = _visible(
+            offs_m,
+            offs_n,
+            q_len,
+            kv_len,
+            mask_ptr,
+            stride_mq,
+            stride_mk,
+            seg_ptr,
+            HAS_MASK,
+            HAS_SEGMENTS,
+            CAUSAL,
+        )
         final, weights, g = _grad_weights(
             s, vis, c, n, inv_z, offset, m_safe, degenerate, inv_total, dp, delta, power, REWEIGHT
         )
@@ -378,6 +496,7 @@ def _lssa_bwd_dkdv_kernel(
     DV,
     N,
     Mask,
+    Seg,
     Z,
     M,
     S,
@@ -386,6 +505,7 @@ def _lssa_bwd_dkdv_kernel(
     stride_mb,
     stride_mq,
     stride_mk,
+    stride_sb,
     heads,
     q_len,
     kv_len,
@@ -397,6 +517,7 @@ def _lssa_bwd_dkdv_kernel(
     BLOCK_D: tl.constexpr,
     REWEIGHT: tl.constexpr,
     HAS_MASK: tl.constexpr,
+    HAS_SEGMENTS: tl.constexpr,
     CAUSAL: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
@@ -409,6 +530,7 @@ def _lssa_bwd_dkdv_kernel(
     k_base = bh * kv_len * head_dim
     row_off = bh * q_len
     mask_ptr = Mask + (bh // heads) * stride_mb
+    seg_ptr = Seg + (bh // heads) * stride_sb
     kv_ok = (offs_n[:, None] < kv_len) & d_ok[None, :]
     k = tl.load(K + k_base + offs_n[:, None] * head_dim + offs_d[None, :], mask=kv_ok, other=0.0)
     v = tl.load(V + k_base + offs_n[:, None] * head_dim + offs_d[None, :], mask=kv_ok, other=0.0)
@@ -430,7 +552,19 @@ def _lssa_bwd_dkdv_kernel(
         e = tl.load(E + row_off + offs_m, mask=offs_m < q_len, other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
-        vis = _visible(offs_m, offs_n, q_len, kv_len, mask_ptr, stride_mq, stride_mk, HAS_MASK, CAUSAL)
+        vis = _visible(
+            offs_m,
+            offs_n,
+            q_len,
+            kv_len,
+            mask_ptr,
+            stride_mq,
+            stride_mk,
+            seg_ptr,
+            HAS_MASK,
+            HAS_SEGMENTS,
+            CAUSAL,
+        )
         final, weights, g = _grad_weights(
             s, vis, c, n, inv_z, offset, m_safe, degenerate, inv_total, dp, delta, power, REWEIGHT
         )
@@ -446,10 +580,12 @@ def _lssa_bwd_dkdv_kernel(
 
 
 # CUDA launch shapes: square BLOCK×BLOCK tiles, warps per program and software-pipelining depth, for the
-# forward and for both backward kernels (bench/gpu_kernels.py sweeps them on an H100).
+# forward and for both backward kernels (bench/gpu_kernels.py sweeps them on an H100). The backward's tiles
+# are 32 wide: at 64 its kernels spill registers at head dim 128 with 4 or 8 warps (ptxas's report,
+# bench/kernels_static.py); at 32 they take under 190 registers, two programs per SM.
 CUDA_LAUNCH = {
     "fwd": {"block": 64, "num_warps": 4, "num_stages": 2},
-    "bwd": {"block": 64, "num_warps": 4, "num_stages": 2},
+    "bwd": {"block": 32, "num_warps": 4, "num_stages": 2},
 }
 
 
@@ -465,17 +601,25 @@ def _launch(head_dim: int, phase: str) -> tuple[tuple[int, int, int], dict]:
 
 
 class LSSAFunction(torch.autograd.Function):
-    """Triton LSSA/LSSAR core on L2-normalised q, k: (q̂, k̂, v, counts N, mask or None, causal) -> out."""
+    """Triton LSSA/LSSAR core on L2-normalised q, k: (q̂, k̂, v, counts N, mask or None, segment ids or None,
+    causal) -> out."""
 
     @staticmethod
-    def forward(ctx, q, k, v, n, mask, reweight: bool, power: float, causal: bool):
+    def forward(ctx, q, k, v, n, mask, segment_ids, reweight: bool, power: float, causal: bool):
         batch, heads, q_len, head_dim = q.shape
         kv_len = k.shape[2]
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         out = torch.empty_like(q)
         stats = torch.zeros(3, batch * heads, q_len, device=q.device, dtype=torch.float32)  # z, m, S
         (block_m, block_n, block_d), options = _launch(head_dim, "fwd")
-        mask_u8, strides = _mask_args(mask, q)
+        mask_u8, segments = _mask_args(mask, q), _segment_args(segment_ids, q)
+        flags = dict(
+            REWEIGHT=reweight,
+            HAS_MASK=mask is not None,
+            HAS_SEGMENTS=segment_ids is not None,
+            CAUSAL=causal and mask is None,
+            DOT_PRECISION=dot_precision(q.dtype),
+        )
         grid = (triton.cdiv(q_len, block_m), batch * heads)
         _lssa_fwd_kernel[grid](
             q,
@@ -484,10 +628,11 @@ class LSSAFunction(torch.autograd.Function):
             out,
             n,
             mask_u8,
+            segments,
             stats[0],
             stats[1],
             stats[2],
-            *strides,
+            *_strides(mask_u8, segments, mask is not None),
             heads,
             q_len,
             kv_len,
@@ -497,49 +642,36 @@ class LSSAFunction(torch.autograd.Function):
             BLOCK_M=block_m,
             BLOCK_N=block_n,
             BLOCK_D=block_d,
-            REWEIGHT=reweight,
-            HAS_MASK=mask is not None,
-            CAUSAL=causal and mask is None,
-            DOT_PRECISION=dot_precision(q.dtype),
+            **flags,
             **options,
         )
         if not reweight:
             stats[2] = stats[0]
-        ctx.save_for_backward(q, k, v, out, n, mask_u8, stats)
-        ctx.reweight, ctx.power, ctx.has_mask = reweight, float(power), mask is not None
-        ctx.causal = causal and mask is None
+        ctx.save_for_backward(q, k, v, out, n, mask_u8, segments, stats)
+        ctx.power, ctx.flags = float(power), flags
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        q, k, v, out, n, mask_u8, stats = ctx.saved_tensors
+        q, k, v, out, n, mask_u8, segments, stats = ctx.saved_tensors
         batch, heads, q_len, head_dim = q.shape
         kv_len = k.shape[2]
         dout = dout.contiguous()
         delta = (dout.float() * out.float()).sum(-1).reshape(batch * heads, q_len).contiguous()
-        e = torch.empty_like(delta) if ctx.reweight else delta
+        e = torch.empty_like(delta) if ctx.flags["REWEIGHT"] else delta
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         (block_m, block_n, block_d), options = _launch(head_dim, "bwd")
-        strides = _mask_strides(mask_u8, ctx.has_mask)
-        common = dict(
-            BLOCK_M=block_m,
-            BLOCK_N=block_n,
-            BLOCK_D=block_d,
-            REWEIGHT=ctx.reweight,
-            HAS_MASK=ctx.has_mask,
-            CAUSAL=ctx.causal,
-            DOT_PRECISION=dot_precision(q.dtype),
-            **options,
-        )
+        common = dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, **ctx.flags, **options)
         args = (
             n,
             mask_u8,
+            segments,
             stats[0],
             stats[1],
             stats[2],
             delta,
             e,
-            *strides,
+            *_strides(mask_u8, segments, ctx.flags["HAS_MASK"]),
             heads,
             q_len,
             kv_len,
@@ -551,34 +683,62 @@ class LSSAFunction(torch.autograd.Function):
         _lssa_bwd_dkdv_kernel[(triton.cdiv(kv_len, block_n), batch * heads)](
             q, k, v, dout, dk, dv, *args, **common
         )
-        return dq, dk, dv, None, None, None, None, None
+        return dq, dk, dv, None, None, None, None, None, None
 
 
 def _mask_args(mask, q):
     if mask is None:
-        return torch.zeros(1, device=q.device, dtype=torch.uint8), (0, 0, 0)
-    mask_u8 = mask[:, 0].to(torch.uint8).contiguous()  # [B or 1, Tq, Tk]
-    return mask_u8, _mask_strides(mask_u8, True)
+        return torch.zeros(1, device=q.device, dtype=torch.uint8)
+    return mask[:, 0].to(torch.uint8).contiguous()  # [B or 1, Tq, Tk]
 
 
-def _mask_strides(mask_u8, has_mask: bool):
-    if not has_mask:
-        return 0, 0, 0
-    return (mask_u8.stride(0) if mask_u8.shape[0] > 1 else 0), mask_u8.stride(1), mask_u8.stride(2)
+def _segment_args(segment_ids, q):
+    if segment_ids is None:
+        return torch.zeros(1, device=q.device, dtype=torch.int32)
+    return segment_ids.to(torch.int32).contiguous()  # [B, Tk]
+
+
+def _strides(mask_u8, segments, has_mask: bool):
+    """(mask batch, query, key strides; segment batch stride); 0 where there is one row for every batch."""
+    mask_strides = (0, 0, 0)
+    if has_mask:
+        mask_strides = (
+            (mask_u8.stride(0) if mask_u8.shape[0] > 1 else 0),
+            mask_u8.stride(1),
+            mask_u8.stride(2),
+        )
+    return *mask_strides, segments.stride(0) if segments.dim() == 2 else 0
 
 
 def lssa_triton(
-    q, k, v, mask=None, reweight: bool = False, power: float = 15.0, causal: bool = True
+    q,
+    k,
+    v,
+    mask=None,
+    reweight: bool = False,
+    power: float = 15.0,
+    causal: bool = True,
+    segment_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Triton LSSA/LSSAR, same contract as `lssa_naive`: normalises q, k in fp32, counts keys, runs it."""
     require_triton(q, "lssa_triton")
     batch, heads, q_len, _ = q.shape
     kv_len = k.shape[2]
-    counts_mask = visible_mask(mask, q_len, kv_len, q.device, causal)
-    n = key_counts(counts_mask).expand(batch, heads, q_len).reshape(batch * heads, q_len).contiguous()
+    if segment_ids is not None:
+        _only_one(mask, segment_ids)
+        if segment_ids.shape != (batch, kv_len):
+            raise ValueError(
+                f"segment_ids must be [batch, kv_len] = {[batch, kv_len]}, got {list(segment_ids.shape)}"
+            )
+        counts = segment_counts(segment_ids, q_len, causal)[:, None]
+    else:
+        counts_mask = visible_mask(mask, q_len, kv_len, q.device, causal)
+        counts = key_counts(counts_mask)
+        mask = None if mask is None else counts_mask
+    n = counts.expand(batch, heads, q_len).reshape(batch * heads, q_len).contiguous()
     qn = F.normalize(q.float(), dim=-1).to(q.dtype)
     kn = F.normalize(k.float(), dim=-1).to(k.dtype)
-    return LSSAFunction.apply(qn, kn, v, n, None if mask is None else counts_mask, reweight, power, causal)
+    return LSSAFunction.apply(qn, kn, v, n, mask, segment_ids, reweight, power, causal)
 
 
 def softplus_attention(
@@ -591,12 +751,13 @@ def softplus_attention(
     dropout: float = 0.0,
     training: bool = False,
     causal: bool = True,
+    segment_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """LSSA (`reweight=False`) or LSSAR: Triton kernels on CUDA, the PyTorch reference elsewhere (and when
     attention dropout is active, which the kernels do not implement)."""
     if use_triton(q) and not (dropout > 0.0 and training):
-        return lssa_triton(q, k, v, mask, reweight, power, causal)
-    return lssa_naive(q, k, v, mask, reweight, power, dropout, training, causal)
+        return lssa_triton(q, k, v, mask, reweight, power, causal, segment_ids)
+    return lssa_naive(q, k, v, mask, reweight, power, dropout, training, causal, segment_ids)
 
 
 __all__ = [
@@ -607,4 +768,6 @@ __all__ = [
     "LSSAFunction",
     "visible_mask",
     "key_counts",
+    "segment_counts",
+    "segment_mask",
 ]

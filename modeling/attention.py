@@ -120,5 +120,6 @@ class PlaitAttention(nn.Module):
             dropout=dropout,
             output_attentions=output_attentions,
             is_causal=self.is_causal,
+            position_ids=kwargs.get("position_ids"),
         )
         return self.o_proj(out.reshape(batch, seq, -1)), weights

@@ -17,6 +17,7 @@ from .hyper_connections import no_decay_parameter_names
 from .layers import RMSNorm
 from .positions import Rotary
 from .registry import RESIDUALS
+from .softplus_attention import DOCUMENT_AWARE_ATTENTIONS
 from .transformers_compat import (
     LEGACY_CACHE_NAMES,
     cache_output,
@@ -43,6 +44,7 @@ class PlaitPreTrainedModel(PreTrainedModel):
     _skip_keys_device_placement = ["cache", *LEGACY_CACHE_NAMES]
     _supports_flash_attn = True
     _supports_sdpa = True
+    _supports_flex_attn = True
     _supports_attention_backend = True
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -154,6 +156,8 @@ class PlaitModel(PlaitPreTrainedModel):
             )
         if isinstance(attention_mask, dict):  # prepared by `generate` for a static cache
             mask = attention_mask["full_attention"]
+        elif config.attention in DOCUMENT_AWARE_ATTENTIONS and attention_mask is None and cache is None:
+            mask = None  # causal + packed documents, read from position_ids by the core: no L×L mask
         else:
             mask = causal_mask(config, inputs_embeds, attention_mask, cache, position_ids)
         position_embeddings = self.rotary(inputs_embeds, position_ids)

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention.flex_attention import BlockMask, create_mask
+from transformers.masking_utils import find_packed_sequence_indices
 
 from ..kernels.lssa import lssa_weights, softplus_attention
 from .attention import causal_mask_for_none, repeat_kv
@@ -29,13 +31,16 @@ def bool_attention_mask(
     is the mask (causal on the last keys, or every key when not causal).
 
     Accepts transformers' masks for every back-end: bool 4-D (sdpa), additive float 4-D (eager; 0 = attend),
-    or a 2-D [B, Tk] padding mask (flash attention), which is combined with the causal mask here."""
+    a 2-D [B, Tk] padding mask (flash attention), which is combined with the causal mask here, or
+    FlexAttention's `BlockMask` (outside packed training, e.g. generation), evaluated to the dense mask."""
     if attention_mask is None:
         # The kernels' None aligns the causal mask to the last key, transformers' to the first: they differ
         # only when 1 < Tq < Tk (the prefill of an empty static cache), so only then is the mask built.
         if causal and 1 < q_len < kv_len:
             return causal_mask_for_none(q_len, kv_len, device)[None, None]
         return None
+    if isinstance(attention_mask, BlockMask):  # FlexAttention's mask outside packed training: evaluate it
+        return create_mask(attention_mask.mask_mod, attention_mask.shape[0], 1, q_len, kv_len, device)
     if attention_mask.dim() == 2:
         padding = attention_mask[:, None, None, -kv_len:].bool()
         if not causal:
@@ -47,12 +52,39 @@ def bool_attention_mask(
     return attention_mask[..., :kv_len]
 
 
-def _core(module, q, k, v, attention_mask, reweight: bool, dropout: float, output_attentions: bool, causal):
+# Cores that read packed documents from `position_ids` themselves (`packed_segments`): the backbone builds
+# them no mask during training.
+DOCUMENT_AWARE_ATTENTIONS = ("lssa", "lssar")
+
+
+def packed_segments(attention_mask, position_ids, q_len: int, kv_len: int) -> torch.Tensor | None:
+    """Segment ids [B, L] of packed documents (positions restarting at 0, read by transformers'
+    `find_packed_sequence_indices`) when the back-end built no dense mask for them (FlexAttention's block
+    mask, or no mask with flash attention): the kernels then take document boundaries, never an L×L mask.
+    None otherwise."""
+    if position_ids is None or q_len != kv_len or isinstance(attention_mask, torch.Tensor):
+        return None
+    return find_packed_sequence_indices(position_ids)
+
+
+def _core(module, q, k, v, attention_mask, position_ids, reweight, dropout, output_attentions, causal):
     groups = module.num_key_value_groups
     k, v = repeat_kv(k, groups), repeat_kv(v, groups)
-    mask = bool_attention_mask(attention_mask, q.shape[2], k.shape[2], q.device, causal)
+    segments = packed_segments(attention_mask, position_ids, q.shape[2], k.shape[2])
+    if segments is not None:
+        mask, segments = None, segments.expand(q.shape[0], -1)
+    else:
+        mask = bool_attention_mask(attention_mask, q.shape[2], k.shape[2], q.device, causal)
     if output_attentions:  # the fused kernels never hold the weights: compute them with the reference
-        weights = lssa_weights(q, k, mask, reweight=reweight, power=module.config.lssar_power, causal=causal)
+        weights = lssa_weights(
+            q,
+            k,
+            mask,
+            reweight=reweight,
+            power=module.config.lssar_power,
+            causal=causal,
+            segment_ids=segments,
+        )
         weights = F.dropout(weights, p=dropout, training=module.training)
         out = (weights @ v.float()).to(q.dtype)
         return out.transpose(1, 2).contiguous(), weights.to(q.dtype)
@@ -66,6 +98,7 @@ def _core(module, q, k, v, attention_mask, reweight: bool, dropout: float, outpu
         power=module.config.lssar_power,
         dropout=dropout,
         training=module.training,
+        segment_ids=segments,
     )
     return out.transpose(1, 2).contiguous(), None
 
@@ -82,10 +115,11 @@ def lssa_attention(
     output_attentions=False,
     *,
     is_causal,
+    position_ids=None,
     **kwargs,
 ):
     """LSSA: softplus of ln(d)·ln(N_i)-scaled cosine scores, rows L1-normalised."""
-    return _core(module, q, k, v, attention_mask, False, dropout, output_attentions, is_causal)
+    return _core(module, q, k, v, attention_mask, position_ids, False, dropout, output_attentions, is_causal)
 
 
 def check_lssar_config(config) -> None:
@@ -105,10 +139,17 @@ def lssar_attention(
     output_attentions=False,
     *,
     is_causal,
+    position_ids=None,
     **kwargs,
 ):
     """LSSAR: LSSA followed by the ReLU(N_i·A − O)^p re-weighting, renormalised."""
-    return _core(module, q, k, v, attention_mask, True, dropout, output_attentions, is_causal)
+    return _core(module, q, k, v, attention_mask, position_ids, True, dropout, output_attentions, is_causal)
 
 
-__all__ = ["lssa_attention", "lssar_attention", "bool_attention_mask"]
+__all__ = [
+    "DOCUMENT_AWARE_ATTENTIONS",
+    "bool_attention_mask",
+    "lssa_attention",
+    "lssar_attention",
+    "packed_segments",
+]

@@ -50,6 +50,7 @@ from transformers import (
 from plait.modeling.adapters import KANConfig, skan_prune, skan_select
 
 from . import kappatune
+from .attention_backend import attn_implementation
 from .data import build_lm_dataset, load_raw
 from .held_out import split_held_out, write_record
 from .pretrained import check_local_path, load_tokenizer_from
@@ -259,7 +260,8 @@ def prepare_finetune(
 
     check_local_path(recipe.model.pretrained, "model.pretrained")
     ft, source = recipe.finetune, os.path.expanduser(recipe.model.pretrained)
-    load = dict(dtype=torch.float32, attn_implementation=recipe.model.attn_implementation)
+    packed = ft.task == "causal_lm" and recipe.data.document_masking
+    load = dict(dtype=torch.float32, attn_implementation=attn_implementation(recipe, packed))
     tokenizer_source = recipe.data.tokenizer or source
     tokenizer_key = "data.tokenizer" if recipe.data.tokenizer else "model.pretrained"
     if ft.task == "causal_lm":

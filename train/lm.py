@@ -11,6 +11,7 @@ import torch
 from datasets import Dataset
 from transformers import AutoTokenizer, TrainingArguments, default_data_collator, set_seed
 
+from .attention_backend import attn_implementation
 from .data import build_lm_dataset, iter_texts, load_documents
 from .prepare import iter_documents
 from .pretrained import check_local_path, load_pretrained, load_tokenizer_from
@@ -49,11 +50,12 @@ def load_tokenizer(recipe: Recipe, args: TrainingArguments) -> Any:
 def build_model(recipe: Recipe, tokenizer) -> torch.nn.Module:
     from plait.modeling import PlaitForCausalLM
 
+    implementation = attn_implementation(recipe, packed=recipe.data.document_masking)
     if recipe.model.pretrained:
         model = load_pretrained(
             recipe.model.pretrained,
             PlaitForCausalLM,
-            attn_implementation=recipe.model.attn_implementation,
+            attn_implementation=implementation,
             dtype=torch.float32,
         )
     else:
@@ -62,7 +64,7 @@ def build_model(recipe: Recipe, tokenizer) -> torch.nn.Module:
             vocab_size=len(tokenizer),
             **{name: getattr(tokenizer, name) for name in ("bos_token_id", "eos_token_id", "pad_token_id")},
         )
-        config._attn_implementation = recipe.model.attn_implementation
+        config._attn_implementation = implementation
         model = PlaitForCausalLM(config)
     if model.config.vocab_size < len(tokenizer):
         raise RecipeError(

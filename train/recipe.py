@@ -41,7 +41,8 @@ class ModelRecipe:
     pretrained: str | None = (
         None  # start from a `from_pretrained` directory or hub name instead of random init
     )
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    # "auto": no dense L×L mask for packed LM training on CUDA (`plait.train.attention_backend`), else sdpa
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2", "flex_attention"] = "auto"
 
 
 @dataclass

@@ -29,6 +29,7 @@ from transformers import TrainerCallback, TrainingArguments, default_data_collat
 
 from plait.eval.image_data import ImageSet, fashion_mnist, from_datasets, image_folder, mnist_digits
 
+from .attention_backend import attn_implementation
 from .pretrained import load_pretrained
 from .recipe import ImageDataRecipe, Recipe, RecipeError, model_config
 from .task import Task
@@ -218,7 +219,7 @@ def build_vit_model(recipe: Recipe, classes: list[str]):
         model = load_pretrained(
             recipe.model.pretrained,
             PlaitViTForImageClassification,
-            attn_implementation=recipe.model.attn_implementation,
+            attn_implementation=attn_implementation(recipe),
             dtype=torch.float32,
         )
         if model.config.num_labels != len(classes):
@@ -227,7 +228,7 @@ def build_vit_model(recipe: Recipe, classes: list[str]):
         model.config.update({"problem_type": "single_label_classification", **labels})
         return model
     config = model_config(recipe, problem_type="single_label_classification", **labels)
-    config._attn_implementation = recipe.model.attn_implementation
+    config._attn_implementation = attn_implementation(recipe)
     return PlaitViTForImageClassification(config)
 
 
