@@ -76,7 +76,8 @@ def _markdown(rows: list[list[str]]) -> str:
 
 
 def _machine(data: dict) -> str:
-    device = data.get("device") or data.get("machine", {}).get("device", "not recorded")
+    compiled_for = f"compiled for {data['target']} on a CPU (no GPU)" if "target" in data else None
+    device = data.get("device") or data.get("machine", {}).get("device") or compiled_for or "not recorded"
     threads = data.get("threads") or data.get("cpu_threads") or data.get("torch_threads")
     return f"{device}, {threads} thread{'s' if threads != 1 else ''}" if threads else device
 
@@ -477,6 +478,62 @@ def _data_pipeline_compare(d):
             f"{_m(r['litdata_loader_tokens_per_s_no_document_masking'])} tokens/s, no document index",
         ]
     )
+    return rows
+
+
+def _range(values) -> str:
+    low, high = min(values), max(values)
+    return f"{low}" if low == high else f"{low}–{high}"
+
+
+def _per_kernel(report: dict) -> dict[str, list[dict]]:
+    kernels: dict[str, list[dict]] = {}
+    for launch in report["launches"]:
+        kernels.setdefault(launch["kernel"], []).append(launch)
+    return kernels
+
+
+@table("kernels_static", "kernels_static_sm90.json", "kernels_static_sm80.json")
+def _kernels_static(sm90, sm80):
+    rows = [
+        header(
+            "kernel | launches | sm_90 registers / thread | sm_90 spill bytes | sm_90 max shared memory | "
+            "sm_90 min resident warps / SM | sm_80 registers / thread | sm_80 spill bytes | "
+            "sm_80 max shared memory"
+        )
+    ]
+    hopper, ampere = _per_kernel(sm90), _per_kernel(sm80)
+    for name in sorted(hopper):
+        cells = [f"`{name}`", str(len(hopper[name]))]
+        for target, launches in (("sm_90", hopper[name]), ("sm_80", ampere[name])):
+            cells += [
+                _range([x["registers"] for x in launches]),
+                str(max(x["local_bytes"] + x["stack_bytes"] for x in launches)),
+                f"{max(x['shared_bytes'] for x in launches) / 1024:.1f} KiB",
+            ]
+            if target == "sm_90":
+                cells.append(str(min(x["programs_per_sm"] * x["num_warps"] for x in launches)))
+        rows.append(cells)
+    return rows
+
+
+@table("kernels_predicted", "kernels_static_sm90.json")
+def _kernels_predicted(d):
+    p = d["predicted"]
+    device = p["device"]
+    rows = [
+        header(f"kernel at the 1b shapes | bytes moved | FLOPs | predicted floor, {device['name']} | bound")
+    ]
+    for name, k in p["kernels"].items():
+        rows.append(
+            [
+                name,
+                f"{k['bytes'] / 1e6:.0f} MB",
+                f"{k['flops'] / 1e9:.0f} GFLOP",
+                f"{k['predicted_floor_ms']:.3f} ms (predicted)",
+                k["bound"],
+            ]
+        )
     return rows
 
 
