@@ -23,7 +23,9 @@ import tomllib
 from plait.eval.cli import build_parser as eval_parser
 from plait.eval.cli import expand_suites
 from plait.train.cli import parse_args as train_args
-from plait.train.recipe import load_recipe
+from plait.train.data_cli import parse_args as data_args
+from plait.train.recipe import RecipeError, load_recipe
+from plait.train.sweep_spec import load_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -49,9 +51,19 @@ def make_targets() -> set[str]:
     return set(re.findall(r"^([\w-]+):", (ROOT / "Makefile").read_text(), re.MULTILINE))
 
 
+def prepared_by_readme() -> set[str]:
+    """The directories the README's `plait-data prepare` commands write."""
+    return {data_args(argv[1:]).output_dir for argv in shell_commands() if argv[0] == "plait-data"}
+
+
 def check_train(argv: list[str]) -> None:
     args = train_args(argv)
-    load_recipe(args.recipe, args.overrides)  # raises RecipeError naming the bad field
+    try:
+        load_recipe(args.recipe, args.overrides)  # raises RecipeError naming the bad field
+    except RecipeError as e:  # a directory the README prepares first is all that may be missing
+        missing = re.search(r"path='(.+?)' is not a prepared directory", str(e))
+        if not missing or os.path.relpath(missing.group(1), os.getcwd()) not in prepared_by_readme():
+            raise
 
 
 def check_command(argv: list[str]) -> None:
@@ -67,6 +79,13 @@ def check_command(argv: list[str]) -> None:
         config = rest[rest.index("--config_file") + 1]
         assert (ROOT / config).is_file(), f"{argv}: {config} does not exist"
         check_train(rest[rest.index("plait.train") + 1 :])
+    elif program == "plait-data":
+        args = data_args(rest)
+        assert args.command == "prepare"
+    elif program == "plait-sweep":
+        sweep = rest[0]
+        assert (ROOT / sweep).is_file(), f"{argv}: {sweep} does not exist"
+        load_sweep(ROOT / sweep)  # raises RecipeError naming the bad field
     elif program == "sbatch":
         script = next(arg for arg in rest if arg.endswith(".sbatch"))
         assert (ROOT / script).is_file(), f"{argv}: {script} does not exist"
@@ -88,12 +107,20 @@ def test_readme_inline_make_targets_and_programs_exist():
     for target in re.findall(r"`make ([\w-]+)`", README):
         assert target in make_targets(), f"README names `make {target}`, which the Makefile lacks"
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert {"plait-train", "plait-eval"} <= set(scripts)
+    assert {"plait-train", "plait-eval", "plait-data", "plait-sweep"} <= set(scripts)
 
 
 def test_readme_commands_cover_a_users_day():
     programs = {argv[0] for argv in shell_commands()}
-    assert {"make", "plait-train", "plait-eval", "accelerate", "sbatch"} <= programs
+    assert {
+        "make",
+        "plait-train",
+        "plait-data",
+        "plait-sweep",
+        "plait-eval",
+        "accelerate",
+        "sbatch",
+    } <= programs
     assert {"demo", "test"} <= {arg for argv in shell_commands() if argv[0] == "make" for arg in argv[1:]}
 
 

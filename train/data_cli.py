@@ -32,7 +32,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-documents", type=int, help="keep only the first N documents")
     p.add_argument("--num-proc", type=int, default=os.cpu_count(), help="tokenising worker processes")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    unknown = [arg for arg in rest if arg.startswith("-")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.paths += rest  # paths may also follow the options
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:

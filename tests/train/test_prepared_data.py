@@ -116,6 +116,16 @@ def test_plait_data_prepare_command(tokenizer_dir, tokenizer, tmp_path, capsys):
     assert f"plait-data: prepared {out}" in capsys.readouterr().out
     prepared = PreparedTokens(out)
     assert prepared.read(0, prepared.tokens).tolist() == reference_stream(tokenizer, TEXTS)
+    again = [
+        "prepare",
+        str(out),
+        "--tokenizer",
+        str(tokenizer_dir),
+        str(tmp_path / "*.jsonl"),
+        "--no-progress",
+    ]
+    main(again)  # paths after the options: the same preparation, reused
+    assert f"plait-data: prepared {out}" in capsys.readouterr().out
     corpus.write_text(corpus.read_text() + json.dumps({"text": "one more"}) + "\n")  # the source changed
     with pytest.raises(
         SystemExit, match=f"^plait-data: error: {out} already holds a preparation of other data"
