@@ -197,6 +197,10 @@ class HCSite(nn.Module):
         """(H_pre [..., n], H_post [..., n], H_res [..., n, n]) in fp32; static ones may omit leading dims."""
         raise NotImplementedError
 
+    def matmul_weights(self) -> list[tuple[nn.Parameter, int]]:
+        """The weights the state is multiplied with, each with how often per token (for FLOP counts)."""
+        return []
+
     def forward(self, x: torch.Tensor, sublayer: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         lead, n = x.shape[:-2], self.n
         h_pre, h_post, h_res = self.coefficients(x)
@@ -241,6 +245,9 @@ class HyperConnectionSite(HCSite):
             init.constant_(self.scale_alpha, 0.01)
             init.constant_(self.scale_beta, 0.01)
 
+    def matmul_weights(self):
+        return [(self.weight_alpha, self.n), (self.weight_beta, self.n)] if self.dynamic else []  # per stream
+
     def coefficients(self, x):
         eye = torch.eye(self.n, device=x.device)
         if not self.dynamic:
@@ -280,6 +287,9 @@ class ManifoldSite(HCSite):
             self.phi = nn.Parameter(torch.zeros(n * self.hidden, self.num_logits))
             self.alpha = nn.Parameter(torch.full((3,), 0.01))
         self.bias = nn.Parameter(self.initial_bias())
+
+    def matmul_weights(self):
+        return [(self.phi, 1)] if self.dynamic else []  # the flattened n streams, once per token
 
     def res_count(self) -> int:
         raise NotImplementedError

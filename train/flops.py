@@ -1,7 +1,7 @@
 """Training FLOPs per token of what actually runs, for the throughput and MFU logged with every loss.
 
-Each matrix weight W (an `nn.Linear`'s, a patch projection's, an adapter's factors; N_W multiply-adds per
-token) costs, per token:
+Each matrix weight W (an `nn.Linear`'s, a patch projection's, an adapter's factors, a hyper-connection's
+dynamic projections; N_W multiply-adds per token, times its uses per token) costs, per token:
 - 2·N_W forward;
 - 2·N_W backward for the gradient of its input, when a gradient flows through it: some trained parameter
   runs before it (weights below the first trained one only run forward);
@@ -36,7 +36,7 @@ def flops_per_token(model: nn.Module, seq_len: int) -> float:
     flops, flowing, seen, first_trained = 0.0, False, set(), None
     tables = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     for module_name, module in model.named_modules():
-        matmuls = {id(w) for w in _matmul_weights(module)}
+        matmuls = {id(w): uses for w, uses in _matmul_weights(module)}
         for name, p in module.named_parameters(recurse=False):
             if id(p) in seen:
                 continue
@@ -45,19 +45,22 @@ def flops_per_token(model: nn.Module, seq_len: int) -> float:
                 first_trained = f"{module_name}.{name}"
             flowing = flowing or p.requires_grad
             if id(p) in matmuls:
-                flops += _cost(p, flowing)
+                flops += matmuls[id(p)] * _cost(p, flowing)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if head is not None and id(head.weight) in tables:  # a tied LM head: the table runs as a matmul
         flops += _cost(head.weight, flowing)
     return flops + _attention_flops(model, seq_len, first_trained)
 
 
-def _matmul_weights(module: nn.Module) -> list[torch.Tensor]:
-    """The weights `module` multiplies its input with (none for tables, norms, position embeddings)."""
+def _matmul_weights(module: nn.Module) -> list[tuple[torch.Tensor, int]]:
+    """The weights `module` multiplies its input with, each with its uses per token (none for tables,
+    norms, position embeddings)."""
     if isinstance(module, (nn.Linear, _ConvNd, Conv1D)):
-        return [module.weight]
+        return [(module.weight, 1)]
     if isinstance(module, (NeRAPhi, SKANPhi)):  # the basis values are contracted with the coefficients
-        return [module.coeff]
+        return [(module.coeff, 1)]
+    if hasattr(module, "matmul_weights"):  # Plait modules holding raw matmul weights (hyper-connections)
+        return module.matmul_weights()
     return []
 
 

@@ -136,6 +136,8 @@ def _nera(model):
     [
         pytest.param(lambda: _lm(), id="lm"),
         pytest.param(lambda: _lm(tie_word_embeddings=True), id="lm-tied-head"),
+        pytest.param(lambda: _lm(residual="mhc", hc_streams=4), id="lm-mhc"),
+        pytest.param(lambda: _lm(residual="hc", hc_streams=4), id="lm-hc"),
         pytest.param(lambda: _lora(_lm()), id="lm-lora"),
         pytest.param(lambda: _nera(_lm()), id="lm-nera"),
         pytest.param(lambda: _kappatune(_lm()), id="lm-kappatune"),
