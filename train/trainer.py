@@ -41,6 +41,7 @@ from .engine import describe_engine, enable_fsdp2_on_cpu, refuse_fsdp1_on_cpu
 from .errors import RunError
 from .lifecycle import exit_with_parent, launched_worker
 from .metrics import Clock, composite_gain, device_name, flops_per_token, peak_tflops  # noqa: F401  (API)
+from .preemption import Preemption
 from .recipe import Recipe, RecipeError
 from .run_dir import DirectoryLock, prepare
 from .tasks import build_task
@@ -303,6 +304,7 @@ def _prepare_output_dir(recipe: Recipe, args: TrainingArguments, lock: Directory
 def _train(recipe: Recipe, args: TrainingArguments, resume: str | None, callbacks) -> RunResult:
     output_dir = Path(recipe.train.output_dir)
     task = build_task(recipe, args)
+    preemption = Preemption(args.device)
     tokens_per_step = (
         recipe.train.micro_batch_size * recipe.train.grad_accum * args.world_size * task.tokens_per_sample
     )
@@ -314,7 +316,7 @@ def _train(recipe: Recipe, args: TrainingArguments, resume: str | None, callback
         data_collator=task.data_collator,
         processing_class=task.processing_class,
         compute_metrics=task.compute_metrics,
-        callbacks=[*task.callbacks, *(callbacks or [])],
+        callbacks=[*task.callbacks, preemption, *(callbacks or [])],
         evaluation=task.evaluation,
         keep_last=recipe.checkpoint.keep_last,
         tokens_per_step=tokens_per_step,
@@ -328,6 +330,7 @@ def _train(recipe: Recipe, args: TrainingArguments, resume: str | None, callback
             f"plait-train: {engine}; " + (f"resuming from {resume}" if resume else "fresh start"), flush=True
         )
     trainer.train(resume_from_checkpoint=resume)
+    preemption.raise_if_preempted(str(output_dir))
     step = trainer.state.global_step
     evaluated = any(e.get("step") == step and "eval_loss" in e for e in trainer.state.log_history)
     if task.evaluate_at_end and not evaluated:

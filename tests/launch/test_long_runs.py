@@ -1,0 +1,169 @@
+"""Long runs without a person watching, two CPU (gloo) processes under the real launcher: a preempted run
+checkpoints its current step and exits with the requeue code, and resuming repeats the uninterrupted run;
+a worker killed with SIGKILL is restarted by torch's elastic agent from the last checkpoint."""
+
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from plait.train.preemption import REQUEUE_EXIT_CODE
+
+ROOT = Path(__file__).resolve().parents[2]
+MAX_STEPS = 8
+
+
+def tiny_recipe(output_dir: Path) -> dict:
+    return {
+        "model": {
+            "config": {
+                "vocab_size": 300,
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "num_key_value_heads": 2,
+            }
+        },
+        "data": {"source": "default", "max_documents": 6, "seq_len": 32, "tokenizer_train_documents": 6},
+        "optim": {"lr": 3e-3, "warmup_steps": 1},
+        "train": {
+            "output_dir": str(output_dir),
+            "max_steps": MAX_STEPS,
+            "micro_batch_size": 2,
+            "precision": "fp32",
+        },
+        "checkpoint": {"every": 3, "keep_last": 2, "save_final": False},
+        "logging": {"every": 1, "progress_bar": False},
+    }
+
+
+def launch_command(recipe: Path, restarts: int = 0) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(ROOT / "launch/accelerate/ddp.yaml"),
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        "0",
+        "--max_restarts",
+        str(restarts),
+        "-m",
+        "plait.train",
+        str(recipe),
+    ]
+
+
+ENV = {
+    **os.environ,
+    "OMP_NUM_THREADS": "1",
+    "CUDA_VISIBLE_DEVICES": "",
+    "PYTHONUNBUFFERED": "1",
+    "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "60",
+}
+
+
+def write_recipe(tmp_path: Path, name: str) -> tuple[Path, Path]:
+    out = tmp_path / name
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(tiny_recipe(out)))
+    return path, out
+
+
+def launch(recipe: Path, restarts: int = 0) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        launch_command(recipe, restarts), cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=400
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return proc
+
+
+def losses(out: Path) -> dict[int, float]:
+    return {h["step"]: h["loss"] for h in json.loads((out / "log_history.json").read_text()) if "loss" in h}
+
+
+def workers(launcher_pid: int) -> list[int]:
+    """The training processes below a launcher (found through /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [launcher_pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            todo.append(child)
+            with contextlib.suppress(OSError):
+                if "plait.train" in Path(f"/proc/{child}/cmdline").read_text():
+                    found.append(child)
+    return found
+
+
+def interrupt(recipe: Path, after: str, sig: signal.Signals, count: int, restarts: int):
+    """Launch, wait for the line `after` in the output, send `sig` to `count` workers; return the launcher's
+    exit code and its whole output."""
+    launcher = subprocess.Popen(
+        launch_command(recipe, restarts),
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    lines = []
+    try:
+        deadline = time.monotonic() + 300
+        for line in launcher.stdout:
+            lines.append(line)
+            if after in line or time.monotonic() > deadline:
+                break
+        targets = sorted(workers(launcher.pid))[-count:]
+        assert targets, "".join(lines)
+        for pid in targets:
+            os.kill(pid, sig)
+        lines.extend(launcher.stdout)
+        return launcher.wait(timeout=300), "".join(lines)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(launcher.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> dict[int, float]:
+    recipe, out = write_recipe(tmp_path_factory.mktemp("reference"), "run")
+    launch(recipe)
+    result = losses(out)
+    assert sorted(result) == list(range(1, MAX_STEPS + 1))
+    return result
+
+
+def test_preempted_run_checkpoints_its_step_and_resumes_exactly(uninterrupted, tmp_path):
+    """SIGTERM to both workers (what SLURM sends a preempted job): each finishes its step, the ranks agree
+    to stop, checkpoint that step and exit with the requeue code; relaunched, the run repeats the
+    uninterrupted loss curve."""
+    recipe, out = write_recipe(tmp_path, "run")
+    code, output = interrupt(recipe, "'loss'", signal.SIGTERM, count=2, restarts=0)
+    assert code != 0, output[-3000:]
+    assert re.search(rf"exitcode\s*:\s*{REQUEUE_EXIT_CODE}", output), output[-3000:]
+    stopped = re.search(r"SIGTERM received: stopped after step (\d+)", output)
+    assert stopped, output[-3000:]
+    step = int(stopped.group(1))
+    assert 1 <= step < MAX_STEPS
+    assert (out / f"checkpoint-{step}" / "trainer_state.json").exists()
+    assert not (out / ".staging").exists()
+    launch(recipe)
+    assert losses(out) == uninterrupted
