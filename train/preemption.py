@@ -78,6 +78,6 @@ class Preemption(TrainerCallback):
         return control
 
     def raise_if_preempted(self, output_dir: str) -> None:
-        """After `Trainer.train` returns: `Preempted` if it stopped on a signal (the checkpoint is written)."""
+        """After `Trainer.train`: `Preempted` if it stopped on a signal (its checkpoint is written)."""
         if self.stopped_at is not None:
             raise Preempted(signal.Signals(self.received).name, self.stopped_at, output_dir)
