@@ -43,6 +43,7 @@ from .lifecycle import exit_with_parent, launched_worker
 from .metrics import Clock, composite_gain, device_name, flops_per_token, peak_tflops  # noqa: F401  (API)
 from .preemption import Preemption
 from .recipe import Recipe, RecipeError
+from .restarts import RestartLog
 from .run_dir import DirectoryLock, prepare
 from .tasks import build_task
 
@@ -58,6 +59,7 @@ class PlaitTrainer(AtomicCheckpoints, Trainer):
         seq_len: int = 0,
         peak: float | None = None,
         evaluation: dict[str, Any] | None = None,
+        log_sources: tuple[Any, ...] = (),
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
@@ -71,6 +73,7 @@ class PlaitTrainer(AtomicCheckpoints, Trainer):
         self.add_callback(self.clock)
         self.probe: torch.Tensor | None = None  # one training example, to log the HC composite gain on
         self.last_finite: dict[str, float] = {}  # the last logged step whose loss and grad norm were finite
+        self.log_sources = list(log_sources)  # objects whose `metrics()` join every training log line
 
     def create_accelerator_and_postprocess(self) -> None:
         super().create_accelerator_and_postprocess()
@@ -150,6 +153,8 @@ class PlaitTrainer(AtomicCheckpoints, Trainer):
                     logs["mfu"] = tflops / self.peak
             if self.clock.mark is not None:
                 logs.update(composite_gain(self.accelerator.unwrap_model(self.model), self.probe))
+            for source in self.log_sources:
+                logs.update(source.metrics())
             self.last_finite = {
                 "step": self.state.global_step,
                 "loss": logs["loss"],
@@ -304,7 +309,7 @@ def _prepare_output_dir(recipe: Recipe, args: TrainingArguments, lock: Directory
 def _train(recipe: Recipe, args: TrainingArguments, resume: str | None, callbacks) -> RunResult:
     output_dir = Path(recipe.train.output_dir)
     task = build_task(recipe, args)
-    preemption = Preemption(args.device)
+    preemption, restarts = Preemption(args.device), RestartLog(output_dir)
     tokens_per_step = (
         recipe.train.micro_batch_size * recipe.train.grad_accum * args.world_size * task.tokens_per_sample
     )
@@ -316,7 +321,8 @@ def _train(recipe: Recipe, args: TrainingArguments, resume: str | None, callback
         data_collator=task.data_collator,
         processing_class=task.processing_class,
         compute_metrics=task.compute_metrics,
-        callbacks=[*task.callbacks, preemption, *(callbacks or [])],
+        callbacks=[*task.callbacks, preemption, restarts, *(callbacks or [])],
+        log_sources=(restarts,),
         evaluation=task.evaluation,
         keep_last=recipe.checkpoint.keep_last,
         tokens_per_step=tokens_per_step,

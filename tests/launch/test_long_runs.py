@@ -112,9 +112,11 @@ def workers(launcher_pid: int) -> list[int]:
     return found
 
 
-def interrupt(recipe: Path, after: str, sig: signal.Signals, count: int, restarts: int):
-    """Launch, wait for the line `after` in the output, send `sig` to `count` workers; return the launcher's
-    exit code and its whole output."""
+def interrupt(
+    recipe: Path, after: str, sig: signal.Signals, count: int, restarts: int, lines_before: int = 1
+):
+    """Launch, wait for `lines_before` lines holding `after` in the output, send `sig` to `count` workers;
+    return the launcher's exit code and its whole output."""
     launcher = subprocess.Popen(
         launch_command(recipe, restarts),
         cwd=ROOT,
@@ -129,7 +131,8 @@ def interrupt(recipe: Path, after: str, sig: signal.Signals, count: int, restart
         deadline = time.monotonic() + 300
         for line in launcher.stdout:
             lines.append(line)
-            if after in line or time.monotonic() > deadline:
+            seen = sum(after in line for line in lines)
+            if seen >= lines_before or time.monotonic() > deadline:
                 break
         targets = sorted(workers(launcher.pid))[-count:]
         assert targets, "".join(lines)
@@ -167,3 +170,17 @@ def test_preempted_run_checkpoints_its_step_and_resumes_exactly(uninterrupted, t
     assert not (out / ".staging").exists()
     launch(recipe)
     assert losses(out) == uninterrupted
+
+
+def test_a_killed_worker_is_restarted_from_the_last_checkpoint(uninterrupted, tmp_path):
+    """SIGKILL of one worker after checkpoint-3 (a crashed node): the elastic agent (--max_restarts 1)
+    restarts both, they resume from checkpoint-3 and the finished run has the uninterrupted loss curve; the
+    restart and the steps it lost are in the log."""
+    recipe, out = write_recipe(tmp_path, "run")
+    code, output = interrupt(recipe, "'loss': ", signal.SIGKILL, count=1, restarts=1, lines_before=5)
+    assert code == 0, output[-3000:]
+    assert losses(out) == uninterrupted
+    resumed = [h for h in json.loads((out / "log_history.json").read_text()) if "restarts" in h]
+    assert len(resumed) == 1 and resumed[0]["restarts"] == 1, resumed
+    assert resumed[0]["step"] == 4 and resumed[0]["steps_lost"] >= 2  # trained 4 and 5 after checkpoint-3
+    assert "resumed at step 3; restarts so far: 1" in output
