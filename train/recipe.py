@@ -105,6 +105,13 @@ class OptimRecipe:
     warmup_steps: int = 0
     decay_fraction: float = 0.2  # wsd: fraction of max_steps spent decaying
     max_grad_norm: float = 1.0  # 0 disables clipping
+    # Skip the update of a step whose loss or gradient norm exceeds the mean of the last `skip_step_window`
+    # steps by `skip_step_sigmas` standard deviations; stop after `skip_step_max_in_row` skips in a row
+    # (plait.train.stability).
+    skip_step: bool = False
+    skip_step_sigmas: float = 6.0
+    skip_step_window: int = 128
+    skip_step_max_in_row: int = 16
 
 
 @dataclass
@@ -118,6 +125,9 @@ class TrainRecipe:
     activation_checkpointing: bool = False
     compile: bool = False
     dataloader_workers: int = 0
+    # Seconds a collective may wait for the other ranks before the run stops with an error naming the rank
+    # that fell behind (plait.train.hangs); also torch.distributed's process-group timeout.
+    collective_timeout: float = 1800.0
 
 
 @dataclass
@@ -138,6 +148,9 @@ class LoggingRecipe:
     run_name: str | None = None
     peak_tflops: float | None = None  # per-device peak for MFU; None looks the device up in a table
     progress_bar: bool = True
+    # Steps between the stability diagnostics (per-block gradient norm, update/weight ratio, output RMS, ...;
+    # plait.train.diagnostics); null: none. diagnostics.png is drawn at the end when set.
+    diagnostics_every: int | None = None
 
 
 @dataclass
@@ -230,6 +243,11 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "optim.warmup_steps": (lambda v: v >= 0, "an integer >= 0"),
     "optim.decay_fraction": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
     "optim.max_grad_norm": (lambda v: v >= 0, "a number >= 0 (0 disables clipping)"),
+    "optim.skip_step_sigmas": (lambda v: v > 0, "a positive number"),
+    "optim.skip_step_window": (lambda v: v >= 2, "an integer >= 2"),
+    "optim.skip_step_max_in_row": (lambda v: v >= 1, "an integer >= 1"),
+    "train.collective_timeout": (lambda v: v > 0, "a positive number of seconds"),
+    "logging.diagnostics_every": (lambda v: v is None or v >= 1, "null or an integer >= 1"),
     "train.output_dir": (lambda v: v.strip() != "", "a non-empty path"),
     "train.seed": (lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)"),
     "train.max_steps": (lambda v: v >= 1, "an integer >= 1"),

@@ -45,11 +45,13 @@ from .preemption import Preemption
 from .recipe import Recipe, RecipeError
 from .restarts import RestartLog
 from .run_dir import DirectoryLock, prepare
+from .stability import SkipSteps, SpikeRule
 from .tasks import build_task
 
 
-class PlaitTrainer(AtomicCheckpoints, Trainer):
-    """`Trainer` with atomic checkpoints, Plait's weight-decay rule and throughput/MFU logging."""
+class PlaitTrainer(AtomicCheckpoints, SkipSteps, Trainer):
+    """`Trainer` with atomic checkpoints, the skip-step rule, Plait's weight-decay rule and throughput/MFU
+    logging."""
 
     def __init__(
         self,
@@ -60,9 +62,11 @@ class PlaitTrainer(AtomicCheckpoints, Trainer):
         peak: float | None = None,
         evaluation: dict[str, Any] | None = None,
         log_sources: tuple[Any, ...] = (),
+        spike_rule: SpikeRule | None = None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        self.spike_rule = spike_rule
         self.evaluation = evaluation  # periodic_evaluation's settings (eval_dataset holds the texts), or None
         self.keep_last = keep_last
         self.tokens_per_step = tokens_per_step
@@ -310,6 +314,11 @@ def _train(recipe: Recipe, args: TrainingArguments, resume: str | None, callback
     output_dir = Path(recipe.train.output_dir)
     task = build_task(recipe, args)
     preemption, restarts = Preemption(args.device), RestartLog(output_dir)
+    o = recipe.optim
+    spike_rule = (
+        SpikeRule(o.skip_step_sigmas, o.skip_step_window, o.skip_step_max_in_row) if o.skip_step else None
+    )
+    logged = [restarts, *([spike_rule] if spike_rule else [])]  # what joins the log lines
     tokens_per_step = (
         recipe.train.micro_batch_size * recipe.train.grad_accum * args.world_size * task.tokens_per_sample
     )
@@ -321,8 +330,9 @@ def _train(recipe: Recipe, args: TrainingArguments, resume: str | None, callback
         data_collator=task.data_collator,
         processing_class=task.processing_class,
         compute_metrics=task.compute_metrics,
-        callbacks=[*task.callbacks, preemption, restarts, *(callbacks or [])],
-        log_sources=(restarts,),
+        callbacks=[*task.callbacks, preemption, *logged, *(callbacks or [])],
+        log_sources=tuple(logged),
+        spike_rule=spike_rule,
         evaluation=task.evaluation,
         keep_last=recipe.checkpoint.keep_last,
         tokens_per_step=tokens_per_step,
