@@ -127,7 +127,7 @@ class TrainRecipe:
     dataloader_workers: int = 0
     # Seconds a collective may wait for the other ranks before the run stops with an error naming the rank
     # that fell behind (plait.train.hangs); also torch.distributed's process-group timeout.
-    collective_timeout: float = 1800.0
+    collective_timeout: int = 1800
 
 
 @dataclass
@@ -246,7 +246,7 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "optim.skip_step_sigmas": (lambda v: v > 0, "a positive number"),
     "optim.skip_step_window": (lambda v: v >= 2, "an integer >= 2"),
     "optim.skip_step_max_in_row": (lambda v: v >= 1, "an integer >= 1"),
-    "train.collective_timeout": (lambda v: v > 0, "a positive number of seconds"),
+    "train.collective_timeout": (lambda v: v >= 1, "an integer >= 1 (seconds)"),
     "logging.diagnostics_every": (lambda v: v is None or v >= 1, "null or an integer >= 1"),
     "train.output_dir": (lambda v: v.strip() != "", "a non-empty path"),
     "train.seed": (lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)"),

@@ -39,6 +39,7 @@ from plait.modeling.weight_decay import decay_parameter_names
 from .checkpointing import STAGING_DIR, AtomicCheckpoints
 from .engine import describe_engine, enable_fsdp2_on_cpu, refuse_fsdp1_on_cpu
 from .errors import RunError
+from .hangs import Heartbeat, set_collective_timeout
 from .lifecycle import exit_with_parent, launched_worker
 from .metrics import Clock, composite_gain, device_name, flops_per_token, peak_tflops  # noqa: F401  (API)
 from .preemption import Preemption
@@ -212,6 +213,7 @@ def training_arguments(recipe: Recipe) -> TrainingArguments:
     report_to = ["wandb"] if lg.wandb else []
     if t.precision == "fp16" and not torch.cuda.is_available():
         raise RecipeError("train.precision='fp16' needs a GPU; use 'bf16' or 'fp32' on CPU")
+    set_collective_timeout(t.collective_timeout)
     return TrainingArguments(
         output_dir=t.output_dir,
         max_steps=t.max_steps,
@@ -248,6 +250,7 @@ def training_arguments(recipe: Recipe) -> TrainingArguments:
         ddp_find_unused_parameters=False,
         use_cpu=not torch.cuda.is_available(),
         deepspeed=recipe.engine.deepspeed,
+        ddp_timeout=t.collective_timeout,
     )
 
 
@@ -314,6 +317,7 @@ def _train(recipe: Recipe, args: TrainingArguments, resume: str | None, callback
     output_dir = Path(recipe.train.output_dir)
     task = build_task(recipe, args)
     preemption, restarts = Preemption(args.device), RestartLog(output_dir)
+    heartbeat = Heartbeat(recipe.train.collective_timeout)
     o = recipe.optim
     spike_rule = (
         SpikeRule(o.skip_step_sigmas, o.skip_step_window, o.skip_step_max_in_row) if o.skip_step else None
@@ -330,7 +334,7 @@ def _train(recipe: Recipe, args: TrainingArguments, resume: str | None, callback
         data_collator=task.data_collator,
         processing_class=task.processing_class,
         compute_metrics=task.compute_metrics,
-        callbacks=[*task.callbacks, preemption, *logged, *(callbacks or [])],
+        callbacks=[*task.callbacks, heartbeat, preemption, *logged, *(callbacks or [])],
         log_sources=tuple(logged),
         spike_rule=spike_rule,
         evaluation=task.evaluation,
@@ -345,7 +349,8 @@ def _train(recipe: Recipe, args: TrainingArguments, resume: str | None, callback
         print(
             f"plait-train: {engine}; " + (f"resuming from {resume}" if resume else "fresh start"), flush=True
         )
-    trainer.train(resume_from_checkpoint=resume)
+    with heartbeat.named_on_timeout():
+        trainer.train(resume_from_checkpoint=resume)
     preemption.raise_if_preempted(str(output_dir))
     step = trainer.state.global_step
     evaluated = any(e.get("step") == step and "eval_loss" in e for e in trainer.state.log_history)

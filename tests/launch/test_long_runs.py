@@ -184,3 +184,44 @@ def test_a_killed_worker_is_restarted_from_the_last_checkpoint(uninterrupted, tm
     assert len(resumed) == 1 and resumed[0]["restarts"] == 1, resumed
     assert resumed[0]["step"] == 4 and resumed[0]["steps_lost"] >= 2  # trained 4 and 5 after checkpoint-3
     assert "resumed at step 3; restarts so far: 1" in output
+
+
+SLEEPER = """
+import sys, time
+from transformers import TrainerCallback
+from plait.train import cli, trainer
+
+class SleepInStep2(TrainerCallback):  # rank 1 stops taking part, inside the forward of step 2
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        def sleep(module, inputs):
+            if args.process_index == 1 and state.global_step == 1:
+                time.sleep(300)
+
+        model.model.layers[0].register_forward_pre_hook(sleep)
+
+train = trainer.run
+trainer.run = lambda recipe: train(recipe, callbacks=[SleepInStep2()])
+sys.exit(cli.main())
+"""
+
+
+def test_a_rank_that_stops_is_named_within_the_collective_timeout(tmp_path):
+    recipe, _ = write_recipe(tmp_path, "run")
+    script = tmp_path / "sleeper.py"
+    script.write_text(SLEEPER)
+    command = launch_command(recipe)
+    module = command.index("plait.train")
+    command[module - 1 : module + 1] = [str(script)]  # the script instead of `-m plait.train`
+    command += ["--set", "train.collective_timeout=5"]
+    env = {**ENV, "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "2"}
+    started = time.monotonic()
+    proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert time.monotonic() - started < 120  # not the 300 s the rank sleeps
+    assert re.search(
+        r"plait-train: error: rank 0 waited more than train.collective_timeout=5 s for the other ranks at "
+        r"'step 2: backward'; "
+        r"behind: rank 1 \(last seen \d+ s ago at 'step 2: forward'\)",
+        output,
+    ), output[-4000:]
