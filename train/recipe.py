@@ -149,7 +149,7 @@ class LoggingRecipe:
     peak_tflops: float | None = None  # per-device peak for MFU; None looks the device up in a table
     progress_bar: bool = True
     # Steps between the stability diagnostics (per-block gradient norm, update/weight ratio, output RMS, ...;
-    # plait.train.diagnostics); null: none. diagnostics.png is drawn at the end when set.
+    # plait.train.diagnostics, drawn in <output_dir>/diagnostics.png at the end); null: every `every`; 0: off.
     diagnostics_every: int | None = None
 
 
@@ -247,7 +247,7 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "optim.skip_step_window": (lambda v: v >= 2, "an integer >= 2"),
     "optim.skip_step_max_in_row": (lambda v: v >= 1, "an integer >= 1"),
     "train.collective_timeout": (lambda v: v >= 1, "an integer >= 1 (seconds)"),
-    "logging.diagnostics_every": (lambda v: v is None or v >= 1, "null or an integer >= 1"),
+    "logging.diagnostics_every": (lambda v: v is None or v >= 0, "null or an integer >= 0 (0: off)"),
     "train.output_dir": (lambda v: v.strip() != "", "a non-empty path"),
     "train.seed": (lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)"),
     "train.max_steps": (lambda v: v >= 1, "an integer >= 1"),

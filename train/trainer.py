@@ -37,6 +37,7 @@ from plait.eval.periodic import periodic_evaluation
 from plait.modeling.weight_decay import decay_parameter_names
 
 from .checkpointing import STAGING_DIR, AtomicCheckpoints
+from .diagnostics import Diagnostics, plot
 from .engine import describe_engine, enable_fsdp2_on_cpu, refuse_fsdp1_on_cpu
 from .errors import RunError
 from .hangs import Heartbeat, set_collective_timeout
@@ -322,7 +323,9 @@ def _train(recipe: Recipe, args: TrainingArguments, resume: str | None, callback
     spike_rule = (
         SpikeRule(o.skip_step_sigmas, o.skip_step_window, o.skip_step_max_in_row) if o.skip_step else None
     )
-    logged = [restarts, *([spike_rule] if spike_rule else [])]  # what joins the log lines
+    every = recipe.logging.diagnostics_every
+    diagnostics = Diagnostics(recipe.logging.every if every is None else every) if every != 0 else None
+    logged = [restarts, *(c for c in (spike_rule, diagnostics) if c)]  # what joins the log lines
     tokens_per_step = (
         recipe.train.micro_batch_size * recipe.train.grad_accum * args.world_size * task.tokens_per_sample
     )
@@ -359,6 +362,8 @@ def _train(recipe: Recipe, args: TrainingArguments, resume: str | None, callback
 
     if args.should_save:  # the whole run's metrics, also for runs started by a launcher (bench, scripts)
         (output_dir / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+        if diagnostics is not None:
+            plot(trainer.state.log_history, output_dir / "diagnostics.png")
     final_dir = None
     if recipe.checkpoint.save_final and trainer.state.global_step >= recipe.train.max_steps:
         final_dir = output_dir / "final"

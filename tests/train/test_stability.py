@@ -45,7 +45,7 @@ class Spikes(TrainerCallback):
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         def scale(module, inputs, output):
-            if module.training and state.global_step + 1 in self.steps:
+            if module.training and output.loss is not None and state.global_step + 1 in self.steps:
                 output.loss = output.loss * 1000
             return output
 
@@ -110,3 +110,40 @@ def test_the_rule_resumes_with_its_window():
 def test_bad_skip_step_settings_name_the_field(tmp_path, override, message):
     with pytest.raises(RecipeError, match=message.replace("(", r"\(")):
         recipe(tmp_path, override)
+
+
+def test_diagnostics_are_logged_and_plotted(tmp_path):
+    """mHC residual and a ParaRNN layer: every second step's log line has each block's gradient norm,
+    update-to-weight ratio and output RMS, the ParaRNN residual and the HC gain; diagnostics.png marks the
+    skipped spike."""
+    result = run(
+        recipe(
+            tmp_path,
+            "logging.every=1",
+            "logging.diagnostics_every=2",
+            "model.config.residual=mhc",
+            "model.config.layer_types=[attention, pararnn_gru]",
+            "model.config.pararnn_mode=parallel",
+        ),
+        callbacks=[Spikes(SPIKE_AT)],
+    )
+    logged = {entry["step"]: entry for entry in result.log_history if "loss" in entry}
+    for step in (2, 4):
+        entry = logged[step]
+        for i in (0, 1):
+            assert entry[f"grad_norm/block_{i}"] > 0
+            assert 1e-6 < entry[f"update_ratio/block_{i}"] < 0.1  # lr 1e-3 Adam: about lr per step
+            assert entry[f"output_rms/block_{i}"] > 0
+        assert 0 <= entry["pararnn/residual_max"] < 1e-3
+        assert entry["hc/composite_gain_forward"] > 0
+    assert "grad_norm/block_0" not in logged[3]
+    assert logged[SPIKE_AT]["update_ratio/block_0"] == 0.0  # the skipped step changed nothing
+    png = (tmp_path / "diagnostics.png").read_bytes()
+    assert png.startswith(b"\x89PNG")
+
+
+def test_diagnostics_and_timeout_settings_name_the_field(tmp_path):
+    with pytest.raises(RecipeError, match=r"logging.diagnostics_every=-1 is out of range; expected null or"):
+        recipe(tmp_path, "logging.diagnostics_every=-1")
+    with pytest.raises(RecipeError, match=r"train.collective_timeout=0 is out of range; expected an integer"):
+        recipe(tmp_path, "train.collective_timeout=0")
