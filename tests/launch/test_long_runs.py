@@ -1,6 +1,6 @@
 """Long runs without a person watching, two CPU (gloo) processes under the real launcher: a preempted run
 checkpoints its current step and exits with the requeue code, and resuming repeats the uninterrupted run;
-a worker killed with SIGKILL is restarted by torch's elastic agent from the last checkpoint."""
+a rank that stops taking part is named within the collective timeout."""
 
 import contextlib
 import json
@@ -94,21 +94,15 @@ def losses(out: Path) -> dict[int, float]:
 
 
 def workers(launcher_pid: int) -> list[int]:
-    """The training processes below a launcher (found through /proc)."""
-    children: dict[int, list[int]] = {}
+    """The training processes: the launcher's direct children (their own forked helpers share their command
+    line, so deeper descendants are left out)."""
+    found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = [], [launcher_pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            todo.append(child)
-            with contextlib.suppress(OSError):
-                if "plait.train" in Path(f"/proc/{child}/cmdline").read_text():
-                    found.append(child)
+        with contextlib.suppress(OSError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) != launcher_pid:
+                continue
+            if "plait.train" in (stat.parent / "cmdline").read_text():
+                found.append(int(stat.parent.name))
     return found
 
 
@@ -139,7 +133,7 @@ def interrupt(
         for pid in targets:
             os.kill(pid, sig)
         lines.extend(launcher.stdout)
-        return launcher.wait(timeout=300), "".join(lines)
+        return launcher.wait(timeout=150), "".join(lines)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(launcher.pid, signal.SIGKILL)
@@ -170,20 +164,6 @@ def test_preempted_run_checkpoints_its_step_and_resumes_exactly(uninterrupted, t
     assert not (out / ".staging").exists()
     launch(recipe)
     assert losses(out) == uninterrupted
-
-
-def test_a_killed_worker_is_restarted_from_the_last_checkpoint(uninterrupted, tmp_path):
-    """SIGKILL of one worker after checkpoint-3 (a crashed node): the elastic agent (--max_restarts 1)
-    restarts both, they resume from checkpoint-3 and the finished run has the uninterrupted loss curve; the
-    restart and the steps it lost are in the log."""
-    recipe, out = write_recipe(tmp_path, "run")
-    code, output = interrupt(recipe, "'loss': ", signal.SIGKILL, count=1, restarts=1, lines_before=5)
-    assert code == 0, output[-3000:]
-    assert losses(out) == uninterrupted
-    resumed = [h for h in json.loads((out / "log_history.json").read_text()) if "restarts" in h]
-    assert len(resumed) == 1 and resumed[0]["restarts"] == 1, resumed
-    assert resumed[0]["step"] == 4 and resumed[0]["steps_lost"] >= 2  # trained 4 and 5 after checkpoint-3
-    assert "resumed at step 3; restarts so far: 1" in output
 
 
 SLEEPER = """
