@@ -109,8 +109,8 @@ def workers(launcher_pid: int) -> list[int]:
 def interrupt(
     recipe: Path, after: str, sig: signal.Signals, count: int, restarts: int, lines_before: int = 1
 ):
-    """Launch, wait for `lines_before` lines holding `after` in the output, send `sig` to `count` workers;
-    return the launcher's exit code and its whole output."""
+    """Launch, wait for a line holding `after` in the output, send `sig` to `count` workers; return the
+    launcher's exit code and its whole output."""
     launcher = subprocess.Popen(
         launch_command(recipe, restarts),
         cwd=ROOT,
@@ -125,8 +125,7 @@ def interrupt(
         deadline = time.monotonic() + 300
         for line in launcher.stdout:
             lines.append(line)
-            seen = sum(after in line for line in lines)
-            if seen >= lines_before or time.monotonic() > deadline:
+            if after in line or time.monotonic() > deadline:
                 break
         targets = sorted(workers(launcher.pid))[-count:]
         assert targets, "".join(lines)
