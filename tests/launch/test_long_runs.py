@@ -106,9 +106,7 @@ def workers(launcher_pid: int) -> list[int]:
     return found
 
 
-def interrupt(
-    recipe: Path, after: str, sig: signal.Signals, count: int, restarts: int, lines_before: int = 1
-):
+def interrupt(recipe: Path, after: str, sig: signal.Signals, count: int, restarts: int):
     """Launch, wait for a line holding `after` in the output, send `sig` to `count` workers; return the
     launcher's exit code and its whole output."""
     launcher = subprocess.Popen(
