@@ -29,12 +29,17 @@ class PlaitConfig(PlaitBlockConfig):
     # Training loss from the LM head in chunks of this many tokens, never forming the [tokens, vocab] logits
     # (plait.kernels.linear_cross_entropy); None computes the logits and then the loss.
     loss_chunk_size: int | None = None
+    # z-loss weight w: the training loss adds w·logsumexp(logits)² per targeted token (PaLM; 1e-4 is usual);
+    # 0 turns it off. Applied on both loss paths.
+    z_loss: float = 0.0
 
     def _validate(self) -> None:
         super()._validate()
         self._positive("vocab_size", "max_position_embeddings")
         if self.loss_chunk_size is not None:
             self._positive("loss_chunk_size")
+        if not 0 <= self.z_loss < float("inf"):
+            raise ValueError(f"z_loss={self.z_loss!r} must be a finite number >= 0 (0 turns it off)")
         if self.head_dim % 2:
             raise ValueError(f"head_dim={self.head_dim} must be even for rotary position embeddings")
 

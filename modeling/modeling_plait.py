@@ -9,7 +9,7 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
-from plait.kernels.linear_cross_entropy import linear_cross_entropy_chunked
+from plait.kernels.linear_cross_entropy import linear_cross_entropy_chunked, z_loss
 
 from .block import PlaitBlock, run_stack
 from .configuration_plait import PlaitConfig
@@ -190,12 +190,20 @@ class LMHead(nn.Linear):
     The loss is computed inside the head's own call so engines that gather parameters per module call
     (DeepSpeed ZeRO-3) have its weight in hand."""
 
-    def forward(self, hidden, targets=None, chunk_size: int = 0, ignore_index: int = -100, normaliser=None):
+    def forward(
+        self,
+        hidden,
+        targets=None,
+        chunk_size: int = 0,
+        ignore_index: int = -100,
+        normaliser=None,
+        z_loss_weight: float = 0.0,
+    ):
         if targets is None:
             return F.linear(hidden, self.weight, self.bias)
         hidden = hidden.reshape(-1, hidden.shape[-1])
         return linear_cross_entropy_chunked(
-            hidden, self.weight, targets.reshape(-1), ignore_index, normaliser, chunk_size
+            hidden, self.weight, targets.reshape(-1), ignore_index, normaliser, chunk_size, z_loss_weight
         )
 
 
@@ -242,14 +250,12 @@ class PlaitForCausalLM(PlaitPreTrainedModel, GenerationMixin):
         )
         hidden = outputs.last_hidden_state
         if labels is not None and self._chunked_loss(logits_to_keep):
-            shift_labels = kwargs.get("shift_labels")
-            if shift_labels is None:
-                shift_labels = F.pad(labels, (0, 1), value=-100)[..., 1:]
             loss = self.lm_head(
                 hidden,
-                targets=shift_labels.to(hidden.device),
+                targets=_shifted(labels, kwargs).to(hidden.device),
                 chunk_size=self.config.loss_chunk_size,
                 normaliser=kwargs.get("num_items_in_batch"),
+                z_loss_weight=self.config.z_loss,
             )
             return self._output(loss, None, outputs, return_dict)
         if isinstance(logits_to_keep, int) and logits_to_keep > 0:
@@ -262,6 +268,11 @@ class PlaitForCausalLM(PlaitPreTrainedModel, GenerationMixin):
             loss = self.loss_function(
                 logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs
             )
+            if self.config.z_loss and self.training:
+                targets = _shifted(labels, kwargs).to(logits.device).reshape(-1)
+                flat = logits.reshape(-1, logits.shape[-1])
+                normaliser = kwargs.get("num_items_in_batch")
+                loss = loss + self.config.z_loss * z_loss(flat, targets, normaliser=normaliser)
         return self._output(loss, logits, outputs, return_dict)
 
     def _chunked_loss(self, logits_to_keep) -> bool:
@@ -286,6 +297,12 @@ class PlaitForCausalLM(PlaitPreTrainedModel, GenerationMixin):
         if return_dict is None:
             return_dict = self.config.return_dict
         return result if return_dict else result.to_tuple()
+
+
+def _shifted(labels: torch.Tensor, kwargs: dict) -> torch.Tensor:
+    """The next-token targets: `shift_labels` when the caller gives them, else `labels` shifted left."""
+    shift_labels = kwargs.get("shift_labels")
+    return F.pad(labels, (0, 1), value=-100)[..., 1:] if shift_labels is None else shift_labels
 
 
 __all__ = ["LMHead", "PlaitPreTrainedModel", "PlaitModel", "PlaitForCausalLM"]

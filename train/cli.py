@@ -15,6 +15,7 @@ import yaml
 
 from .errors import RunError
 from .lifecycle import one_warning_each
+from .preemption import REQUEUE_EXIT_CODE, Preempted
 from .recipe import RecipeError, load_recipe, model_config
 from .run_dir import AlreadyFinished
 
@@ -62,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     except AlreadyFinished as e:
         print(f"plait-train: {e}; nothing to do")
         return 0
+    except Preempted as e:
+        print(f"plait-train: {e}", file=sys.stderr)
+        return REQUEUE_EXIT_CODE
     except (RecipeError, RunError) as e:
         print(f"plait-train: error: {e}", file=sys.stderr)
         return 2

@@ -112,6 +112,13 @@ class OptimRecipe:
     warmup_steps: int = 0
     decay_fraction: float = 0.2  # wsd: fraction of max_steps spent decaying
     max_grad_norm: float = 1.0  # 0 disables clipping
+    # Skip the update of a step whose loss or gradient norm exceeds the mean of the last `skip_step_window`
+    # steps by `skip_step_sigmas` standard deviations; stop after `skip_step_max_in_row` skips in a row
+    # (plait.train.stability).
+    skip_step: bool = False
+    skip_step_sigmas: float = 6.0
+    skip_step_window: int = 128
+    skip_step_max_in_row: int = 16
 
 
 @dataclass
@@ -125,6 +132,9 @@ class TrainRecipe:
     activation_checkpointing: bool = False
     compile: bool = False
     dataloader_workers: int = 0
+    # Seconds a collective may wait for the other ranks before the run stops with an error naming the rank
+    # that fell behind (plait.train.hangs); also torch.distributed's process-group timeout.
+    collective_timeout: int = 1800
 
 
 @dataclass
@@ -145,6 +155,9 @@ class LoggingRecipe:
     run_name: str | None = None
     peak_tflops: float | None = None  # per-device peak for MFU; None looks the device up in a table
     progress_bar: bool = True
+    # Steps between the stability diagnostics (per-block gradient norm, update/weight ratio, output RMS, ...;
+    # plait.train.diagnostics, drawn in <output_dir>/diagnostics.png at the end); null: every `every`; 0: off.
+    diagnostics_every: int | None = None
 
 
 @dataclass
@@ -238,6 +251,11 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "optim.warmup_steps": (lambda v: v >= 0, "an integer >= 0"),
     "optim.decay_fraction": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
     "optim.max_grad_norm": (lambda v: v >= 0, "a number >= 0 (0 disables clipping)"),
+    "optim.skip_step_sigmas": (lambda v: v > 0, "a positive number"),
+    "optim.skip_step_window": (lambda v: v >= 2, "an integer >= 2"),
+    "optim.skip_step_max_in_row": (lambda v: v >= 1, "an integer >= 1"),
+    "train.collective_timeout": (lambda v: v >= 1, "an integer >= 1 (seconds)"),
+    "logging.diagnostics_every": (lambda v: v is None or v >= 0, "null or an integer >= 0 (0: off)"),
     "train.output_dir": (lambda v: v.strip() != "", "a non-empty path"),
     "train.seed": (lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)"),
     "train.max_steps": (lambda v: v >= 1, "an integer >= 1"),

@@ -37,17 +37,23 @@ from plait.eval.periodic import periodic_evaluation
 from plait.modeling.weight_decay import decay_parameter_names
 
 from .checkpointing import STAGING_DIR, AtomicCheckpoints
+from .diagnostics import Diagnostics, plot
 from .engine import describe_engine, enable_fsdp2_on_cpu, refuse_fsdp1_on_cpu
 from .errors import RunError
+from .hangs import Heartbeat, set_collective_timeout
 from .lifecycle import exit_with_parent, launched_worker
 from .metrics import Clock, composite_gain, device_name, flops_per_token, peak_tflops  # noqa: F401  (API)
+from .preemption import Preemption
 from .recipe import Recipe, RecipeError
+from .restarts import RestartLog
 from .run_dir import DirectoryLock, prepare
+from .stability import SkipSteps, SpikeRule
 from .tasks import build_task
 
 
-class PlaitTrainer(AtomicCheckpoints, Trainer):
-    """`Trainer` with atomic checkpoints, Plait's weight-decay rule and throughput/MFU logging."""
+class PlaitTrainer(AtomicCheckpoints, SkipSteps, Trainer):
+    """`Trainer` with atomic checkpoints, the skip-step rule, Plait's weight-decay rule and throughput/MFU
+    logging."""
 
     def __init__(
         self,
@@ -57,9 +63,12 @@ class PlaitTrainer(AtomicCheckpoints, Trainer):
         seq_len: int = 0,
         peak: float | None = None,
         evaluation: dict[str, Any] | None = None,
+        log_sources: tuple[Any, ...] = (),
+        spike_rule: SpikeRule | None = None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        self.spike_rule = spike_rule
         self.evaluation = evaluation  # periodic_evaluation's settings (eval_dataset holds the texts), or None
         self.keep_last = keep_last
         self.tokens_per_step = tokens_per_step
@@ -70,6 +79,7 @@ class PlaitTrainer(AtomicCheckpoints, Trainer):
         self.add_callback(self.clock)
         self.probe: torch.Tensor | None = None  # one training example, to log the HC composite gain on
         self.last_finite: dict[str, float] = {}  # the last logged step whose loss and grad norm were finite
+        self.log_sources = list(log_sources)  # objects whose `metrics()` join every training log line
 
     def create_accelerator_and_postprocess(self) -> None:
         super().create_accelerator_and_postprocess()
@@ -160,6 +170,8 @@ class PlaitTrainer(AtomicCheckpoints, Trainer):
                 logs.update(consumed(self.state.global_step * self.tokens_per_step // max(1, self.seq_len)))
             if self.clock.mark is not None:
                 logs.update(composite_gain(self.accelerator.unwrap_model(self.model), self.probe))
+            for source in self.log_sources:
+                logs.update(source.metrics())
             self.last_finite = {
                 "step": self.state.global_step,
                 "loss": logs["loss"],
@@ -213,6 +225,7 @@ def training_arguments(recipe: Recipe) -> TrainingArguments:
     report_to = ["wandb"] if lg.wandb else []
     if t.precision == "fp16" and not torch.cuda.is_available():
         raise RecipeError("train.precision='fp16' needs a GPU; use 'bf16' or 'fp32' on CPU")
+    set_collective_timeout(t.collective_timeout)
     return TrainingArguments(
         output_dir=t.output_dir,
         max_steps=t.max_steps,
@@ -249,6 +262,7 @@ def training_arguments(recipe: Recipe) -> TrainingArguments:
         ddp_find_unused_parameters=False,
         use_cpu=not torch.cuda.is_available(),
         deepspeed=recipe.engine.deepspeed,
+        ddp_timeout=t.collective_timeout,
     )
 
 
@@ -314,6 +328,15 @@ def _prepare_output_dir(recipe: Recipe, args: TrainingArguments, lock: Directory
 def _train(recipe: Recipe, args: TrainingArguments, resume: str | None, callbacks) -> RunResult:
     output_dir = Path(recipe.train.output_dir)
     task = build_task(recipe, args)
+    preemption, restarts = Preemption(args.device), RestartLog(output_dir)
+    heartbeat = Heartbeat(recipe.train.collective_timeout)
+    o = recipe.optim
+    spike_rule = (
+        SpikeRule(o.skip_step_sigmas, o.skip_step_window, o.skip_step_max_in_row) if o.skip_step else None
+    )
+    every = recipe.logging.diagnostics_every
+    diagnostics = Diagnostics(recipe.logging.every if every is None else every) if every != 0 else None
+    logged = [restarts, *(c for c in (spike_rule, diagnostics) if c)]  # what joins the log lines
     tokens_per_step = (
         recipe.train.micro_batch_size * recipe.train.grad_accum * args.world_size * task.tokens_per_sample
     )
@@ -325,7 +348,9 @@ def _train(recipe: Recipe, args: TrainingArguments, resume: str | None, callback
         data_collator=task.data_collator,
         processing_class=task.processing_class,
         compute_metrics=task.compute_metrics,
-        callbacks=[*task.callbacks, *(callbacks or [])],
+        callbacks=[*task.callbacks, heartbeat, preemption, *logged, *(callbacks or [])],
+        log_sources=tuple(logged),
+        spike_rule=spike_rule,
         evaluation=task.evaluation,
         keep_last=recipe.checkpoint.keep_last,
         tokens_per_step=tokens_per_step,
@@ -338,7 +363,9 @@ def _train(recipe: Recipe, args: TrainingArguments, resume: str | None, callback
         print(
             f"plait-train: {engine}; " + (f"resuming from {resume}" if resume else "fresh start"), flush=True
         )
-    trainer.train(resume_from_checkpoint=resume)
+    with heartbeat.named_on_timeout():
+        trainer.train(resume_from_checkpoint=resume)
+    preemption.raise_if_preempted(str(output_dir))
     step = trainer.state.global_step
     evaluated = any(e.get("step") == step and "eval_loss" in e for e in trainer.state.log_history)
     if task.evaluate_at_end and not evaluated:
@@ -346,6 +373,8 @@ def _train(recipe: Recipe, args: TrainingArguments, resume: str | None, callback
 
     if args.should_save:  # the whole run's metrics, also for runs started by a launcher (bench, scripts)
         (output_dir / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+        if diagnostics is not None:
+            plot(trainer.state.log_history, output_dir / "diagnostics.png")
     final_dir = None
     if recipe.checkpoint.save_final and trainer.state.global_step >= recipe.train.max_steps:
         final_dir = output_dir / "final"

@@ -3,7 +3,11 @@
 import pytest
 import torch
 
-from plait.kernels.linear_cross_entropy import linear_cross_entropy_chunked, linear_cross_entropy_naive
+from plait.kernels.linear_cross_entropy import (
+    linear_cross_entropy_chunked,
+    linear_cross_entropy_naive,
+    z_loss,
+)
 
 
 def problem(n=37, d=24, v=101, ignored=(0, 5, 36), seed=0):
@@ -32,6 +36,23 @@ def test_matches_reference(chunk_size, normaliser):
     )
     for name, a, b in zip(("loss", "d_hidden", "d_weight"), got, ref, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("chunk_size", [8, 1000])
+def test_z_loss_matches_reference(chunk_size):
+    hidden, weight, targets = problem()
+    ref = loss_and_grads(linear_cross_entropy_naive, hidden, weight, targets, z_loss_weight=0.1)
+    got = loss_and_grads(
+        linear_cross_entropy_chunked, hidden, weight, targets, chunk_size=chunk_size, z_loss_weight=0.1
+    )
+    for name, a, b in zip(("loss", "d_hidden", "d_weight"), got, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    # the reference's extra term is 0.1 · mean over targeted tokens of logsumexp², computed by hand
+    valid = targets != -100
+    lse = torch.logsumexp(hidden @ weight.t(), dim=-1)[valid]
+    plain = linear_cross_entropy_naive(hidden, weight, targets)
+    torch.testing.assert_close(ref[0] - plain, 0.1 * lse.square().mean())
+    torch.testing.assert_close(z_loss(hidden @ weight.t(), targets), lse.square().mean())
 
 
 def test_autocast_bf16_matches_reference_under_autocast():

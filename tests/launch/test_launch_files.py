@@ -1,9 +1,12 @@
 """launch/ files: configs parse and point at files that exist; the SLURM script gives each node its rank."""
 
+import contextlib
 import json
 import os
+import signal
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -42,14 +45,22 @@ def _fake(bin_dir: Path, name: str, body: str) -> None:
     path.chmod(path.stat().st_mode | stat.S_IEXEC)
 
 
-def run_slurm_script(tmp_path, **variables) -> subprocess.CompletedProcess:
-    """Run the sbatch script with stand-ins for scontrol/srun/accelerate: srun runs the task command on two
-    'nodes' (SLURM_NODEID 0 and 1), accelerate prints its arguments."""
+PRINT_ARGS = "printf ACCELERATE; printf ' [%s]' \"$@\"; echo\n"
+
+
+def slurm_script(tmp_path, accelerate: str = PRINT_ARGS, **variables) -> tuple[list[str], dict[str, str]]:
+    """The sbatch command and environment, with stand-ins for scontrol/srun/accelerate: srun runs the task
+    command on two 'nodes' (SLURM_NODEID 0 and 1) and fails if one fails, accelerate runs `accelerate` (by
+    default: prints its arguments), scontrol logs its arguments to scontrol.log."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    _fake(bin_dir, "scontrol", 'printf "head-node\\nnode-2\\n"\n')
-    _fake(bin_dir, "srun", 'cmd="${@: -1}"\nfor n in 0 1; do SLURM_NODEID=$n bash -c "$cmd"; done\n')
-    _fake(bin_dir, "accelerate", "printf ACCELERATE; printf ' [%s]' \"$@\"; echo\n")
+    _fake(bin_dir, "scontrol", f'echo "$@" >> {tmp_path}/scontrol.log\nprintf "head-node\\nnode-2\\n"\n')
+    _fake(
+        bin_dir,
+        "srun",
+        'cmd="${@: -1}"\nfor n in 0 1; do SLURM_NODEID=$n bash -c "$cmd" || exit $?; done\n',
+    )
+    _fake(bin_dir, "accelerate", accelerate)
     venv = tmp_path / "venv"
     (venv / "bin").mkdir(parents=True)
     (venv / "bin" / "activate").write_text("")
@@ -60,19 +71,19 @@ def run_slurm_script(tmp_path, **variables) -> subprocess.CompletedProcess:
         "SLURM_NNODES": "2",
         "SLURM_NODEID": "0",
         "SLURM_SUBMIT_DIR": str(tmp_path),
+        "SLURM_JOB_ID": "77",
         "VENV": str(venv),
         **variables,
     }
     for name in ("GPUS_PER_NODE", "SLURM_GPUS_ON_NODE", "SLURM_GPUS_PER_NODE"):
         if name not in variables:
             env.pop(name, None)
-    return subprocess.run(
-        ["bash", str(LAUNCH / "slurm.sbatch"), "1b", "--set", "logging.run_name=a b"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return ["bash", str(LAUNCH / "slurm.sbatch"), "1b", "--set", "logging.run_name=a b"], env
+
+
+def run_slurm_script(tmp_path, accelerate: str = PRINT_ARGS, **variables) -> subprocess.CompletedProcess:
+    command, env = slurm_script(tmp_path, accelerate, **variables)
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
 
 
 def test_slurm_script_gives_each_node_its_own_machine_rank(tmp_path):
@@ -84,6 +95,7 @@ def test_slurm_script_gives_each_node_its_own_machine_rank(tmp_path):
         assert f"[--machine_rank] [{rank}]" in line
         assert "[--num_machines] [2] [--num_processes] [8]" in line
         assert "[--main_process_ip] [head-node] [--main_process_port] [29500] [--rdzv_backend] [c10d]" in line
+        assert "[--max_restarts] [3]" in line  # the elastic agent restarts killed workers
         assert line.endswith("[-m] [plait.train] [1b] [--set] [logging.run_name=a b]")  # one argument
 
 
@@ -97,6 +109,38 @@ def test_slurm_script_takes_the_gpus_of_the_allocation(tmp_path, variables):
 def test_slurm_script_without_gpu_count_says_so(tmp_path):
     proc = run_slurm_script(tmp_path)
     assert proc.returncode == 2 and "set GPUS_PER_NODE" in proc.stderr
+
+
+def test_slurm_script_retries_a_failed_launch(tmp_path):
+    fails_once = f"if [[ ! -e {tmp_path}/failed ]]; then touch {tmp_path}/failed; exit 1; fi\n" + PRINT_ARGS
+    proc = run_slurm_script(tmp_path, fails_once, GPUS_PER_NODE="1")
+    assert proc.returncode == 0, proc.stderr
+    assert "launch failed (exit 1); attempt 1 of 3" in proc.stderr
+    assert proc.stdout.count("ACCELERATE") == 2  # the second attempt ran on both nodes
+    assert not (tmp_path / "scontrol.log").read_text().count("requeue")
+
+
+def test_slurm_script_requeues_a_preempted_run(tmp_path):
+    proc = run_slurm_script(tmp_path, "exit 75\n", GPUS_PER_NODE="1")
+    assert proc.returncode == 0, proc.stderr
+    assert "requeue 77" in (tmp_path / "scontrol.log").read_text()
+
+
+def test_slurm_script_passes_the_time_limit_signal_on_and_requeues(tmp_path):
+    """USR1 (sent 300 s before the time limit) reaches the job step as TERM; the job requeues itself."""
+    header = (LAUNCH / "slurm.sbatch").read_text()
+    assert "#SBATCH --signal=B:USR1@300" in header and "#SBATCH --requeue" in header
+    command, env = slurm_script(tmp_path, "sleep 30\n", GPUS_PER_NODE="1")
+    script = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        time.sleep(1.5)
+        script.send_signal(signal.SIGUSR1)
+        assert script.wait(timeout=20) == 0
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(script.pid, signal.SIGKILL)  # the stand-in's sleep
+    assert "signal received: checkpointing and requeueing" in script.stdout.read()
+    assert "requeue 77" in (tmp_path / "scontrol.log").read_text()
 
 
 def test_slurm_log_goes_to_a_directory_that_exists():

@@ -44,6 +44,8 @@ def test_valid_choices_are_listed():
         ({"head_dim": 7}, "head_dim=7"),
         ({"loss_chunk_size": 0}, "loss_chunk_size=0"),
         ({"loss_chunk_size": 2.5}, "loss_chunk_size"),
+        ({"z_loss": -1e-4}, "z_loss=-0.0001"),
+        ({"z_loss": float("nan")}, "z_loss=nan"),
     ],
 )
 def test_bad_dimensions_are_rejected(kwargs, match):
