@@ -537,6 +537,24 @@ def _kernels_predicted(d):
     return rows
 
 
+ENGINE_NAMES = {"ddp": "DDP", "fsdp2": "FSDP2", "zero3": "DeepSpeed ZeRO-3"}
+
+
+@table("checkpoint_stall", "checkpoint_stall_cpu.json")
+def _checkpoint_stall(d):
+    rows = [header("engine | stall per checkpoint | checkpoint size | median step")]
+    for engine, r in d["results"].items():
+        rows.append(
+            [
+                ENGINE_NAMES.get(engine, engine),
+                f"{r['stall_s']:.1f} s",
+                f"{r['checkpoint_mb'] / 1000:.1f} GB",
+                f"{r['step_s_median']:.1f} s",
+            ]
+        )
+    return rows
+
+
 def _g(x: float) -> str:
     return f"{x:.4g}"
 
