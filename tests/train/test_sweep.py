@@ -1,5 +1,6 @@
 """plait-sweep: the statistics on known cases, the scaling fit, sweep-file validation, parameter matching,
-pairing (the same batches for every variant of a seed), resume of a half-finished sweep and failed runs."""
+pairing (the same batches for every variant of a seed), resume of a half-finished sweep, failed runs,
+and that every shipped sweep file plans."""
 
 import json
 import math
@@ -182,6 +183,21 @@ def test_ladder_scales_width_depth_and_tokens(tmp_path):
     for run in (small, large):  # max_steps = tokens_per_parameter * N / tokens per step, rounded up
         assert run.recipe.train.max_steps == math.ceil(0.01 * run.parameters / (2 * 32))
     assert runs[1].recipe.train.max_steps == small.recipe.train.max_steps  # one budget per size
+
+
+SHIPPED = sorted((Path(__file__).parents[2] / "bench" / "sweeps").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_shipped_sweeps_load_and_plan(path):
+    """Every shipped sweep file is valid and plans one run per (size, variant, seed) (planning
+    validates every run's recipe and its size matching) without training anything."""
+    sweep = load_sweep(path)
+    runs = plan(sweep)
+    sizes = sweep.spec.ladder.sizes if sweep.spec.ladder else [None]
+    assert len(runs) == len(sizes) * len(sweep.variants) * len(sweep.spec.seeds)
+    assert len({r.run_dir for r in runs}) == len(runs)
+    assert str(sweep.report_prefix).startswith("bench/results/sweep_")
 
 
 # --- the runner (training stubbed: the tests are about the runner's bookkeeping) ---------------------------
