@@ -1,6 +1,7 @@
 """Long runs without a person watching, two CPU (gloo) processes under the real launcher: a preempted run
 checkpoints its current step and exits with the requeue code, and resuming repeats the uninterrupted run;
-a rank that stops taking part is named within the collective timeout."""
+a worker killed with SIGKILL is restarted by torch's elastic agent from the last checkpoint; a rank that stops
+taking part is named within the collective timeout."""
 
 import contextlib
 import json
@@ -106,9 +107,11 @@ def workers(launcher_pid: int) -> list[int]:
     return found
 
 
-def interrupt(recipe: Path, after: str, sig: signal.Signals, count: int, restarts: int):
-    """Launch, wait for a line holding `after` in the output, send `sig` to `count` workers; return the
-    launcher's exit code and its whole output."""
+def interrupt(
+    recipe: Path, after: str, sig: signal.Signals, count: int, restarts: int, lines_before: int = 1
+):
+    """Launch, wait for `lines_before` lines holding `after` in the output, send `sig` to `count` workers;
+    return the launcher's exit code and its whole output."""
     launcher = subprocess.Popen(
         launch_command(recipe, restarts),
         cwd=ROOT,
@@ -121,9 +124,11 @@ def interrupt(recipe: Path, after: str, sig: signal.Signals, count: int, restart
     lines = []
     try:
         deadline = time.monotonic() + 300
+        seen = 0
         for line in launcher.stdout:
             lines.append(line)
-            if after in line or time.monotonic() > deadline:
+            seen += after in line
+            if seen >= lines_before or time.monotonic() > deadline:
                 break
         targets = sorted(workers(launcher.pid))[-count:]
         assert targets, "".join(lines)
@@ -161,6 +166,21 @@ def test_preempted_run_checkpoints_its_step_and_resumes_exactly(uninterrupted, t
     assert not (out / ".staging").exists()
     launch(recipe)
     assert losses(out) == uninterrupted
+
+
+def test_a_killed_worker_is_restarted_from_the_last_checkpoint(uninterrupted, tmp_path):
+    """SIGKILL of one worker after step 5 (a crashed node): the elastic agent (--max_restarts 1) restarts
+    both, they rebuild their process group in a store namespace of their own (the agent's store still holds
+    the killed round's keys), resume from checkpoint-3 and the finished run has the uninterrupted loss curve;
+    the restart and the steps it lost are in the log."""
+    recipe, out = write_recipe(tmp_path, "run")
+    code, output = interrupt(recipe, "'loss': ", signal.SIGKILL, count=1, restarts=1, lines_before=5)
+    assert code == 0, output[-3000:]
+    assert losses(out) == uninterrupted
+    resumed = [h for h in json.loads((out / "log_history.json").read_text()) if "restarts" in h]
+    assert len(resumed) == 1 and resumed[0]["restarts"] == 1, resumed
+    assert resumed[0]["step"] == 4 and resumed[0]["steps_lost"] >= 2  # trained 4 and 5 after checkpoint-3
+    assert "resumed at step 3; restarts so far: 1" in output
 
 
 SLEEPER = """
