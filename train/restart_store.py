@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import os
 
-from torch.distributed import PrefixStore, rendezvous
+from torch.distributed import PrefixStore
+
+# private: torch has no public way to wrap a registered rendezvous handler (registering a scheme again raises)
+from torch.distributed.rendezvous import _rendezvous_handlers
 
 
 def namespace_by_restart() -> bool:
@@ -22,9 +25,7 @@ def namespace_by_restart() -> bool:
     round's restart count. True where it applies (a worker of an elastic agent sharing its store)."""
     if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != str(True):
         return False
-    # torch has no public way to wrap a registered handler (registering the scheme again raises)
-    handlers = rendezvous._rendezvous_handlers
-    original = handlers["env"]
+    original = _rendezvous_handlers["env"]
     if getattr(original, "namespaced_by_restart", False):
         return True
 
@@ -34,5 +35,5 @@ def namespace_by_restart() -> bool:
             yield PrefixStore(prefix, store), rank, world_size
 
     namespaced.namespaced_by_restart = True
-    handlers["env"] = namespaced
+    _rendezvous_handlers["env"] = namespaced
     return True
