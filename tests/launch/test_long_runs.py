@@ -107,11 +107,9 @@ def workers(launcher_pid: int) -> list[int]:
     return found
 
 
-def interrupt(
-    recipe: Path, after: str, sig: signal.Signals, count: int, restarts: int, lines_before: int = 1
-):
-    """Launch, wait for `lines_before` lines holding `after` in the output, send `sig` to `count` workers;
-    return the launcher's exit code and its whole output."""
+def interrupt(recipe: Path, after: str, sig: signal.Signals, count: int, restarts: int):
+    """Launch, wait for a line holding `after` in the output, send `sig` to `count` workers; return the
+    launcher's exit code and its whole output."""
     launcher = subprocess.Popen(
         launch_command(recipe, restarts),
         cwd=ROOT,
@@ -124,11 +122,9 @@ def interrupt(
     lines = []
     try:
         deadline = time.monotonic() + 300
-        seen = 0
         for line in launcher.stdout:
             lines.append(line)
-            seen += after in line
-            if seen >= lines_before or time.monotonic() > deadline:
+            if after in line or time.monotonic() > deadline:
                 break
         targets = sorted(workers(launcher.pid))[-count:]
         assert targets, "".join(lines)
@@ -168,14 +164,42 @@ def test_preempted_run_checkpoints_its_step_and_resumes_exactly(uninterrupted, t
     assert losses(out) == uninterrupted
 
 
+def with_callback(command: list[str], tmp_path: Path, script: str) -> list[str]:
+    """`command` with a script that adds a callback to the run instead of `-m plait.train`."""
+    path = tmp_path / "with_callback.py"
+    path.write_text(script)
+    module = command.index("plait.train")
+    return command[: module - 1] + [str(path)] + command[module + 1 :]
+
+
+KILLER = """
+import os, signal, sys
+from transformers import TrainerCallback
+from plait.train import cli, trainer
+
+class KillAfterStep5(TrainerCallback):  # rank 1 crashes after step 5, in the first round only
+    def on_step_end(self, args, state, control, **kwargs):
+        first_round = os.environ["TORCHELASTIC_RESTART_COUNT"] == "0"
+        if first_round and args.process_index == 1 and state.global_step == 5:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+train = trainer.run
+trainer.run = lambda recipe: train(recipe, callbacks=[KillAfterStep5()])
+sys.exit(cli.main())
+"""
+
+
 def test_a_killed_worker_is_restarted_from_the_last_checkpoint(uninterrupted, tmp_path):
-    """SIGKILL of one worker after step 5 (a crashed node): the elastic agent (--max_restarts 1) restarts
-    both, they rebuild their process group in a store namespace of their own (the agent's store still holds
-    the killed round's keys), resume from checkpoint-3 and the finished run has the uninterrupted loss curve;
-    the restart and the steps it lost are in the log."""
+    """SIGKILL of one worker after step 5 (a crashed node; it kills itself there, so the checkpoint it
+    resumes from does not depend on timing): the elastic agent (--max_restarts 1) restarts both, they build
+    their process group again (the agent's store still holds the killed round's keys), resume from
+    checkpoint-3 and the finished run has the uninterrupted loss curve; the restart and the steps it lost are
+    in the log."""
     recipe, out = write_recipe(tmp_path, "run")
-    code, output = interrupt(recipe, "'loss': ", signal.SIGKILL, count=1, restarts=1, lines_before=5)
-    assert code == 0, output[-3000:]
+    command = with_callback(launch_command(recipe, restarts=1), tmp_path, KILLER)
+    proc = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-4000:]
     assert losses(out) == uninterrupted
     resumed = [h for h in json.loads((out / "log_history.json").read_text()) if "restarts" in h]
     assert len(resumed) == 1 and resumed[0]["restarts"] == 1, resumed
@@ -204,11 +228,7 @@ sys.exit(cli.main())
 
 def test_a_rank_that_stops_is_named_within_the_collective_timeout(tmp_path):
     recipe, _ = write_recipe(tmp_path, "run")
-    script = tmp_path / "sleeper.py"
-    script.write_text(SLEEPER)
-    command = launch_command(recipe)
-    module = command.index("plait.train")
-    command[module - 1 : module + 1] = [str(script)]  # the script instead of `-m plait.train`
+    command = with_callback(launch_command(recipe), tmp_path, SLEEPER)
     command += ["--set", "train.collective_timeout=5"]
     proc = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     output = proc.stdout + proc.stderr
