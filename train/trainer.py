@@ -45,6 +45,7 @@ from .lifecycle import exit_with_parent, launched_worker
 from .metrics import Clock, composite_gain, device_name, flops_per_token, peak_tflops  # noqa: F401  (API)
 from .preemption import Preemption
 from .recipe import Recipe, RecipeError
+from .restart_store import namespace_by_restart
 from .restarts import RestartLog
 from .run_dir import DirectoryLock, prepare
 from .stability import SkipSteps, SpikeRule
@@ -294,6 +295,7 @@ def run(recipe: Recipe, callbacks: list[TrainerCallback] | None = None) -> RunRe
         _deepspeed_cpu_without_shm()
     if launched_worker():
         exit_with_parent()
+        namespace_by_restart()
     refuse_fsdp1_on_cpu()
     args = training_arguments(recipe)
     output_dir = Path(recipe.train.output_dir)

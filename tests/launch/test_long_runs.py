@@ -1,6 +1,7 @@
 """Long runs without a person watching, two CPU (gloo) processes under the real launcher: a preempted run
 checkpoints its current step and exits with the requeue code, and resuming repeats the uninterrupted run;
-a rank that stops taking part is named within the collective timeout."""
+a worker killed with SIGKILL is restarted by torch's elastic agent from the last checkpoint; a rank that stops
+taking part is named within the collective timeout."""
 
 import contextlib
 import json
@@ -163,6 +164,49 @@ def test_preempted_run_checkpoints_its_step_and_resumes_exactly(uninterrupted, t
     assert losses(out) == uninterrupted
 
 
+def with_callback(command: list[str], tmp_path: Path, script: str) -> list[str]:
+    """`command` with a script that adds a callback to the run instead of `-m plait.train`."""
+    path = tmp_path / "with_callback.py"
+    path.write_text(script)
+    module = command.index("plait.train")
+    return command[: module - 1] + [str(path)] + command[module + 1 :]
+
+
+KILLER = """
+import os, signal, sys
+from transformers import TrainerCallback
+from plait.train import cli, trainer
+
+class KillAfterStep5(TrainerCallback):  # rank 1 crashes after step 5, in the first round only
+    def on_step_end(self, args, state, control, **kwargs):
+        first_round = os.environ["TORCHELASTIC_RESTART_COUNT"] == "0"
+        if first_round and args.process_index == 1 and state.global_step == 5:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+train = trainer.run
+trainer.run = lambda recipe: train(recipe, callbacks=[KillAfterStep5()])
+sys.exit(cli.main())
+"""
+
+
+def test_a_killed_worker_is_restarted_from_the_last_checkpoint(uninterrupted, tmp_path):
+    """SIGKILL of one worker after step 5 (a crashed node; it kills itself there, so the checkpoint it
+    resumes from does not depend on timing): the elastic agent (--max_restarts 1) restarts both, they build
+    their process group again (the agent's store still holds the killed round's keys), resume from
+    checkpoint-3 and the finished run has the uninterrupted loss curve; the restart and the steps it lost are
+    in the log."""
+    recipe, out = write_recipe(tmp_path, "run")
+    command = with_callback(launch_command(recipe, restarts=1), tmp_path, KILLER)
+    proc = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-4000:]
+    assert losses(out) == uninterrupted
+    resumed = [h for h in json.loads((out / "log_history.json").read_text()) if "restarts" in h]
+    assert len(resumed) == 1 and resumed[0]["restarts"] == 1, resumed
+    assert resumed[0]["step"] == 4 and resumed[0]["steps_lost"] >= 2  # trained 4 and 5 after checkpoint-3
+    assert "resumed at step 3; restarts so far: 1" in output
+
+
 SLEEPER = """
 import sys, time
 from transformers import TrainerCallback
@@ -184,11 +228,7 @@ sys.exit(cli.main())
 
 def test_a_rank_that_stops_is_named_within_the_collective_timeout(tmp_path):
     recipe, _ = write_recipe(tmp_path, "run")
-    script = tmp_path / "sleeper.py"
-    script.write_text(SLEEPER)
-    command = launch_command(recipe)
-    module = command.index("plait.train")
-    command[module - 1 : module + 1] = [str(script)]  # the script instead of `-m plait.train`
+    command = with_callback(launch_command(recipe), tmp_path, SLEEPER)
     command += ["--set", "train.collective_timeout=5"]
     proc = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     output = proc.stdout + proc.stderr
