@@ -207,14 +207,6 @@ table("pararnn", "pararnn_cpu.json")(_pararnn)
 table("pararnn_2x128", "pararnn_cpu_2x128.json")(_pararnn)
 
 
-@table("pararnn_lm", "pararnn_lm_cpu.json")
-def _pararnn_lm(d):
-    rows = [header("model | layer types | parameters | validation loss (nats/byte)")]
-    for r in d["results"]:
-        rows.append([r["model"], ", ".join(r["layer_types"]), f"{r['parameters']:,}", f"{r['val_loss']:.3f}"])
-    return rows
-
-
 @table("throughput", "throughput_cpu.json")
 def _throughput(d):
     s = d["shapes"]
@@ -586,7 +578,7 @@ def _sweep(d):
     return rows
 
 
-for _name in ("hc_ablation", "vit_fmnist_variants", "hc_ladder"):
+for _name in ("hc_ablation", "vit_fmnist_variants", "hc_ladder", "pararnn_lm"):
     table(f"sweep_{_name}", f"sweep_{_name}_cpu.json")(_sweep)
 
 
