@@ -18,6 +18,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from tiny_model import tiny_model_config, tiny_text_data
 from transformers import AutoModelForCausalLM
 
 import plait.modeling  # noqa: F401  (registers Plait with the Auto classes)
@@ -30,17 +31,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def tiny_recipe(output_dir: Path) -> dict:
     return {
-        "model": {
-            "config": {
-                "vocab_size": 300,
-                "hidden_size": 32,
-                "intermediate_size": 64,
-                "num_hidden_layers": 2,
-                "num_attention_heads": 4,
-                "num_key_value_heads": 2,
-            }
-        },
-        "data": {"source": "default", "max_documents": 6, "seq_len": 32, "tokenizer_train_documents": 6},
+        "model": {"config": tiny_model_config()},
+        "data": tiny_text_data(),
         "optim": {"lr": 3e-3, "warmup_steps": 1},
         "train": {"output_dir": str(output_dir), "max_steps": 3, "micro_batch_size": 2, "precision": "fp32"},
         "checkpoint": {"every": 2, "keep_last": 2},

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from tiny_model import tiny_model_config
 from transformers import AutoTokenizer
 
 import plait.train.prepare as prepare_module
@@ -261,16 +262,7 @@ def test_bad_prepared_data_is_refused_with_one_line(two_sources, tokenizer, tmp_
 
 def _recipe(out: Path, sources: list[Path], micro_batch: int = 2, **extra) -> dict:
     recipe = {
-        "model": {
-            "config": {
-                "vocab_size": 300,
-                "hidden_size": 32,
-                "intermediate_size": 64,
-                "num_hidden_layers": 2,
-                "num_attention_heads": 4,
-                "num_key_value_heads": 2,
-            }
-        },
+        "model": {"config": tiny_model_config()},
         "data": {
             "source": "prepared",
             "mixture": [{"path": str(p), "weight": w} for p, w in zip(sources, (2.0, 1.0), strict=False)],

@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 from scipy import stats as scipy_stats
+from tiny_model import tiny_model_config, tiny_text_data
 from transformers import TrainerCallback
 
 from plait.train.scaling import fit_power_law
@@ -19,17 +20,8 @@ from plait.train.sweep import emit, main, run_sweep, train_runs
 from plait.train.sweep_spec import SweepError, load_sweep, plan
 
 TINY = {
-    "model": {
-        "config": {
-            "vocab_size": 300,
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-        }
-    },
-    "data": {"source": "default", "max_documents": 6, "seq_len": 32, "tokenizer_train_documents": 6},
+    "model": {"config": tiny_model_config()},
+    "data": tiny_text_data(),
     "optim": {"lr": 3e-3, "warmup_steps": 1},
     "train": {"max_steps": 3, "micro_batch_size": 2, "precision": "fp32"},
     "checkpoint": {"every": 0},

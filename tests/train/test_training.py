@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tiny_model import tiny_model_config, tiny_text_data
 from transformers import AutoModelForCausalLM, TrainerCallback
 
 import plait.modeling  # noqa: F401  (registers Plait with the Auto classes)
@@ -20,17 +21,8 @@ STEPS = 4
 
 def tiny_recipe(output_dir: Path, **logging) -> dict:
     return {
-        "model": {
-            "config": {
-                "vocab_size": 300,
-                "hidden_size": 32,
-                "intermediate_size": 64,
-                "num_hidden_layers": 2,
-                "num_attention_heads": 4,
-                "num_key_value_heads": 2,
-            }
-        },
-        "data": {"source": "default", "max_documents": 6, "seq_len": 32, "tokenizer_train_documents": 6},
+        "model": {"config": tiny_model_config()},
+        "data": tiny_text_data(),
         "optim": {"lr": 3e-3, "warmup_steps": 1, "weight_decay": 0.1},
         "train": {
             "output_dir": str(output_dir),
