@@ -145,6 +145,9 @@ class CheckpointRecipe:
     save_final: bool = True  # write the final model in `from_pretrained` form to <output_dir>/final
     resume_despite_changes: bool = False  # resume a run whose stored recipe differs in run-defining keys
     trust_pickles: bool = False  # resume DeepSpeed files that need pickle code execution (your own only)
+    # FSDP2 sharded checkpoints: write the model and optimizer shards in the background while training goes
+    # on (plait.train.async_checkpoint); still atomic. Other engines save synchronously.
+    async_save: bool = True
 
 
 @dataclass

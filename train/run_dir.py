@@ -37,6 +37,7 @@ RESUMABLE_CHANGES = (
     "checkpoint.resume",
     "checkpoint.resume_despite_changes",
     "checkpoint.trust_pickles",
+    "checkpoint.async_save",
     "train.dataloader_workers",
     "eval.",
     "data.num_proc",

@@ -36,6 +36,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from plait.eval.periodic import periodic_evaluation
 from plait.modeling.weight_decay import decay_parameter_names
 
+from . import async_checkpoint
 from .checkpointing import STAGING_DIR, AtomicCheckpoints
 from .diagnostics import Diagnostics, plot
 from .engine import describe_engine, enable_fsdp2_on_cpu, refuse_fsdp1_on_cpu
@@ -66,9 +67,12 @@ class PlaitTrainer(AtomicCheckpoints, SkipSteps, Trainer):
         evaluation: dict[str, Any] | None = None,
         log_sources: tuple[Any, ...] = (),
         spike_rule: SpikeRule | None = None,
+        async_save: bool = False,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        if async_save and async_checkpoint.applies(self):  # FSDP2 shards, written while training goes on
+            self.background = async_checkpoint.AsyncShardedSave(self.args.ddp_timeout)
         self.spike_rule = spike_rule
         self.evaluation = evaluation  # periodic_evaluation's settings (eval_dataset holds the texts), or None
         self.keep_last = keep_last
@@ -355,12 +359,15 @@ def _train(recipe: Recipe, args: TrainingArguments, resume: str | None, callback
         spike_rule=spike_rule,
         evaluation=task.evaluation,
         keep_last=recipe.checkpoint.keep_last,
+        async_save=recipe.checkpoint.async_save,
         tokens_per_step=tokens_per_step,
         seq_len=task.tokens_per_sample,
         peak=peak_tflops(recipe.train.precision, recipe.logging.peak_tflops),
     )
 
     engine = describe_engine(trainer.accelerator, recipe.train.precision)
+    if trainer.background is not None:
+        engine += ", checkpoints written in the background"
     if args.should_save:
         print(
             f"plait-train: {engine}; " + (f"resuming from {resume}" if resume else "fresh start"), flush=True

@@ -243,7 +243,10 @@ def test_fsdp2_on_cpu_shards_resumes_exactly_and_gathers_the_final_model(tmp_pat
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump(tiny_recipe(out)))
     proc = _launch("fsdp", recipe)
-    engine = "engine FSDP2 (sharded_state_dict checkpoints), world size 2, precision fp32; fresh start"
+    engine = (
+        "engine FSDP2 (sharded_state_dict checkpoints), world size 2, precision fp32, checkpoints written in "
+        "the background; fresh start"
+    )
     assert engine in proc.stdout
     assert_same_computation(out, one_process)
 

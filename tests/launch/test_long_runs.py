@@ -1,12 +1,14 @@
 """Long runs without a person watching, two CPU (gloo) processes under the real launcher: a preempted run
 checkpoints its current step and exits with the requeue code, and resuming repeats the uninterrupted run;
 a worker killed with SIGKILL is restarted by torch's elastic agent from the last checkpoint; a rank that stops
-taking part is named within the collective timeout."""
+taking part is named within the collective timeout; FSDP2 checkpoints written in the background while training
+goes on are consistent and atomic, even under SIGKILL during the write."""
 
 import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -39,13 +41,13 @@ def tiny_recipe(output_dir: Path) -> dict:
     }
 
 
-def launch_command(recipe: Path, restarts: int = 0) -> list[str]:
+def launch_command(recipe: Path, restarts: int = 0, engine: str = "ddp") -> list[str]:
     return [
         sys.executable,
         "-m",
         "accelerate.commands.launch",
         "--config_file",
-        str(ROOT / "launch/accelerate/ddp.yaml"),
+        str(ROOT / "launch/accelerate" / f"{engine}.yaml"),
         "--num_processes",
         "2",
         "--main_process_port",
@@ -74,9 +76,14 @@ def write_recipe(tmp_path: Path, name: str) -> tuple[Path, Path]:
     return path, out
 
 
-def launch(recipe: Path, restarts: int = 0) -> subprocess.CompletedProcess:
+def launch(recipe: Path, restarts: int = 0, engine: str = "ddp") -> subprocess.CompletedProcess:
     proc = subprocess.run(
-        launch_command(recipe, restarts), cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=400
+        launch_command(recipe, restarts, engine),
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=400,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return proc
@@ -94,18 +101,19 @@ def workers(launcher_pid: int) -> list[int]:
         with contextlib.suppress(OSError):
             if int(stat.read_text().rsplit(")", 1)[1].split()[1]) != launcher_pid:
                 continue
-            if "plait.train" in (stat.parent / "cmdline").read_text():
+            command = (stat.parent / "cmdline").read_text()
+            if "plait.train" in command or "with_callback.py" in command:
                 found.append(int(stat.parent.name))
     return found
 
 
-def interrupt(recipe: Path, after: str, sig: signal.Signals, count: int, restarts: int):
+def interrupt(command: list[str], after: str, sig: signal.Signals, count: int, env: dict | None = None):
     """Launch, wait for a line holding `after` in the output, send `sig` to `count` workers; return the
     launcher's exit code and its whole output."""
     launcher = subprocess.Popen(
-        launch_command(recipe, restarts),
+        command,
         cwd=ROOT,
-        env=ENV,
+        env=env or ENV,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -143,7 +151,7 @@ def test_preempted_run_checkpoints_its_step_and_resumes_exactly(uninterrupted, t
     to stop, checkpoint that step and exit with the requeue code; relaunched, the run repeats the
     uninterrupted loss curve."""
     recipe, out = write_recipe(tmp_path, "run")
-    code, output = interrupt(recipe, "'loss'", signal.SIGTERM, count=2, restarts=0)
+    code, output = interrupt(launch_command(recipe), "'loss'", signal.SIGTERM, count=2)
     assert code != 0, output[-3000:]
     assert re.search(rf"exitcode\s*:\s*{REQUEUE_EXIT_CODE}", output), output[-3000:]
     stopped = re.search(r"SIGTERM received: stopped after step (\d+)", output)
@@ -231,3 +239,114 @@ def test_a_rank_that_stops_is_named_within_the_collective_timeout(tmp_path):
         r"behind: rank 1 \(last seen \d+ s ago at 'step 2: forward'\)",
         output,
     ), output[-4000:]
+
+
+SLOW_WRITER = """
+import os, sys, time
+from pathlib import Path
+from torch.distributed.checkpoint import filesystem
+from transformers import TrainerCallback
+from plait.train import cli, trainer
+
+# SLOW_WRITES="<step>:<seconds or 'full'>,...": the background write of checkpoint-<step> first sleeps that
+# long, or fails as on a full disk
+SLOW = dict(pair.split(":") for pair in os.environ["SLOW_WRITES"].split(","))
+write = filesystem._FileSystemWriter.write_data
+
+def slow_write(self, plan, planner):
+    delay = SLOW.get(Path(self.path).parent.name.split("-")[-1], "0")
+    if delay == "full":
+        raise OSError(28, "No space left on device")
+    time.sleep(float(delay))
+    return write(self, plan, planner)
+
+filesystem._FileSystemWriter.write_data = slow_write
+
+class InPlace(TrainerCallback):  # rank 0 prints the checkpoints in place at each step end
+    def on_step_end(self, args, state, control, **kwargs):
+        if args.process_index == 0:
+            found = sorted(p.name for p in Path(args.output_dir).glob("checkpoint-*"))
+            print(f"after step {state.global_step}: in place {found}", flush=True)
+
+train = trainer.run
+trainer.run = lambda recipe: train(recipe, callbacks=[InPlace()])
+sys.exit(cli.main())
+"""
+
+
+def fsdp2_recipe(tmp_path: Path) -> tuple[Path, Path]:
+    out = tmp_path / "run"
+    recipe = tiny_recipe(out)
+    recipe["checkpoint"]["keep_last"] = None
+    path = tmp_path / "fsdp2.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path, out
+
+
+def slow_writes(command: list[str], tmp_path: Path, writes: str) -> tuple[list[str], dict[str, str]]:
+    return with_callback(command, tmp_path, SLOW_WRITER), {**ENV, "SLOW_WRITES": writes}
+
+
+@pytest.fixture(scope="module")
+def fsdp2_background(tmp_path_factory) -> tuple[Path, Path, str]:
+    """An FSDP2 run whose checkpoint-3 takes 4 s longer to write: (recipe, output dir, output)."""
+    tmp_path = tmp_path_factory.mktemp("fsdp2")
+    recipe, out = fsdp2_recipe(tmp_path)
+    command, env = slow_writes(launch_command(recipe, engine="fsdp"), tmp_path, "3:4")
+    proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return recipe, out, proc.stdout
+
+
+def test_fsdp2_trains_on_while_its_checkpoint_is_written_and_resumes_from_it_exactly(fsdp2_background):
+    """Steps 4 and 5 run while checkpoint-3 is still being written (it is not in place yet); it goes in
+    place once complete, and holds step 3's weights and optimizer state although training changed them
+    during the write: resuming from it repeats the uninterrupted losses."""
+    recipe, out, output = fsdp2_background
+    assert "checkpoints written in the background" in output
+    assert "after step 4: in place []" in output and "after step 5: in place []" in output, output[-3000:]
+    assert [p.name for p in sorted(out.glob("checkpoint-*"))] == [
+        "checkpoint-3",
+        "checkpoint-6",
+        "checkpoint-8",
+    ]
+    assert not (out / ".staging").exists()
+    uninterrupted = losses(out)
+    assert sorted(uninterrupted) == list(range(1, MAX_STEPS + 1))
+    shutil.rmtree(out / "checkpoint-6")
+    shutil.rmtree(out / "checkpoint-8")
+    proc = launch(recipe, engine="fsdp")
+    assert f"resuming from {out / 'checkpoint-3'}" in proc.stdout
+    assert losses(out) == uninterrupted
+
+
+def test_fsdp2_killed_during_a_background_write_keeps_the_previous_checkpoint(fsdp2_background, tmp_path):
+    """SIGKILL of both workers while checkpoint-6 is written in the background (training went on to step
+    7): checkpoint-3 stays the latest, the partial write is only under .staging/, and the relaunched run
+    resumes from checkpoint-3 and repeats the uninterrupted losses."""
+    _, reference, _ = fsdp2_background
+    recipe, out = fsdp2_recipe(tmp_path)
+    command, env = slow_writes(launch_command(recipe, engine="fsdp"), tmp_path, "6:120")
+    code, output = interrupt(command, "after step 7: in place ['checkpoint-3']", signal.SIGKILL, 2, env)
+    assert code != 0
+    assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-3"], output[-3000:]
+    assert (out / ".staging" / "checkpoint-6").is_dir()
+    assert not (out / ".staging" / "checkpoint-6" / "pytorch_model_fsdp_0" / ".metadata").exists()
+    proc = launch(recipe, engine="fsdp")
+    assert f"resuming from {out / 'checkpoint-3'}" in proc.stdout
+    assert losses(out) == losses(reference)
+
+
+def test_fsdp2_background_write_that_fails_stops_the_run_and_keeps_the_previous_checkpoint(tmp_path):
+    recipe, out = fsdp2_recipe(tmp_path)
+    command, env = slow_writes(launch_command(recipe, engine="fsdp"), tmp_path, "6:full")
+    proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert re.search(
+        rf"plait-train: error: writing {re.escape(str(out / '.staging' / 'checkpoint-6'))} in the background "
+        r"failed \(rank 0: OSError: \[Errno 28\] No space left on device; rank 1: OSError: \[Errno 28\] No "
+        r"space left on device\); it was not put in place, the previous checkpoint is kept",
+        output,
+    ), output[-4000:]
+    assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-3"]
