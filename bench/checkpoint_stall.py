@@ -4,7 +4,10 @@ Each engine runs the real launch path (`accelerate launch --config_file launch/a
 --num_processes 2`) on the `small` shape (125M parameters; short sequences so a step takes seconds on CPU)
 with a checkpoint every 2 steps. A callback on rank 0 times the gap between the end of one step and the
 start of the next: after a checkpoint step it holds the save, after the others only the logging. The stall
-is the mean gap after checkpoint steps minus the mean gap after the others.
+is the mean gap after checkpoint steps minus the mean gap after the others. FSDP2 runs twice: with the
+synchronous save (`checkpoint.async_save=false`) and with the background write (the default), where the
+stall is the staging copy, and the steps that run while a write is in flight (`.staging/` exists when they
+begin) are timed apart, since they share the machine with the writer.
 
     python bench/checkpoint_stall.py --out bench/results/checkpoint_stall_cpu.json
 """
@@ -26,7 +29,13 @@ import torch
 import transformers
 
 ROOT = Path(__file__).resolve().parents[1]
-ENGINES = {"ddp": "ddp.yaml", "fsdp2": "fsdp.yaml", "zero3": "zero3.yaml"}
+# name -> (launcher config, extra recipe overrides)
+ENGINES = {
+    "ddp": ("ddp.yaml", []),
+    "fsdp2": ("fsdp.yaml", ["checkpoint.async_save=false"]),
+    "fsdp2_async": ("fsdp.yaml", ["checkpoint.async_save=true"]),
+    "zero3": ("zero3.yaml", []),
+}
 MAX_STEPS, EVERY = 7, 2
 OVERRIDES = [
     "data.seq_len=64",
@@ -53,18 +62,19 @@ from plait.train import cli, trainer
 
 class Gaps(TrainerCallback):
     def __init__(self):
-        self.end, self.gaps, self.steps = None, {}, {}
+        self.end, self.gaps, self.steps, self.writing = None, {}, {}, {}
     def on_step_begin(self, args, state, control, **kwargs):
         self.begin = time.perf_counter()
         if self.end is not None:
             self.gaps[state.global_step] = self.begin - self.end
+        self.writing[state.global_step + 1] = os.path.exists(os.path.join(args.output_dir, ".staging"))
     def on_step_end(self, args, state, control, **kwargs):
         self.end = time.perf_counter()
         self.steps[state.global_step] = self.end - self.begin
     def on_train_end(self, args, state, control, **kwargs):
         if args.process_index == 0:
             with open(os.environ["STALL_OUT"], "w") as f:
-                json.dump({"gaps": self.gaps, "steps": self.steps}, f)
+                json.dump({"gaps": self.gaps, "steps": self.steps, "writing": self.writing}, f)
 
 train = trainer.run
 trainer.run = lambda recipe: train(recipe, callbacks=[Gaps()])
@@ -77,15 +87,16 @@ def measure(engine: str, work: Path) -> dict:
     driver = work / "driver.py"
     driver.write_text(DRIVER)
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file"]
+    config, overrides = ENGINES[engine]
     cmd += [
-        str(ROOT / "launch/accelerate" / ENGINES[engine]),
+        str(ROOT / "launch/accelerate" / config),
         "--num_processes",
         "2",
         "--main_process_port",
         "0",
     ]
     cmd += [str(driver), "small", "--set", f"train.output_dir={out}"]
-    cmd += [arg for o in OVERRIDES for arg in ("--set", o)]
+    cmd += [arg for o in OVERRIDES + overrides for arg in ("--set", o)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "STALL_OUT": str(timings)}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
     if proc.returncode != 0:
@@ -94,11 +105,15 @@ def measure(engine: str, work: Path) -> dict:
     gaps = {int(step): gap for step, gap in measured["gaps"].items()}  # step -> gap after that step
     after_save = [gap for step, gap in gaps.items() if step % EVERY == 0]
     after_log = [gap for step, gap in gaps.items() if step % EVERY]
+    steps = {int(step): seconds for step, seconds in measured["steps"].items()}
+    overlapped = [seconds for step, seconds in steps.items() if measured["writing"][str(step)]]
     return {
         "stall_s": statistics.mean(after_save) - statistics.mean(after_log),
         "gap_after_checkpoint_s": after_save,
         "gap_after_other_steps_s": after_log,
-        "step_s_median": statistics.median(measured["steps"].values()),
+        "step_s_median": statistics.median(steps.values()),
+        "steps_during_a_write": len(overlapped),
+        "step_s_during_a_write_median": statistics.median(overlapped) if overlapped else None,
         "checkpoint_mb": round(
             sum(f.stat().st_size for f in out.rglob("checkpoint-*/**/*") if f.is_file()) / 1e6
         ),
@@ -126,7 +141,12 @@ def main() -> None:
             "accelerate": accelerate.__version__,
         },
         "shape": {"recipe": "small", "overrides": OVERRIDES},
-        "save": "synchronous (Trainer's own save path, staged and renamed by plait.train.checkpointing)",
+        "save": {
+            "ddp, zero3, fsdp2": "synchronous (Trainer's own save path, staged and renamed by "
+            "plait.train.checkpointing)",
+            "fsdp2_async": "model and optimizer shards written in the background "
+            "(plait.train.async_checkpoint)",
+        },
         "results": results,
     }
     Path(args.out).write_text(json.dumps(report, indent=1))

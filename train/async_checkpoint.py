@@ -75,6 +75,7 @@ class AsyncShardedSave:
         for folder, state in states.items():
             if folder not in self.groups:  # a collective: every rank reaches its first checkpoint together
                 self.groups[folder] = dist.new_group(backend="gloo", timeout=self.timeout)
+            if folder not in self.stagers:
                 options = StagingOptions(
                     use_pinned_memory=torch.cuda.is_available(),
                     use_shared_memory=False,

@@ -529,19 +529,26 @@ def _kernels_predicted(d):
     return rows
 
 
-ENGINE_NAMES = {"ddp": "DDP", "fsdp2": "FSDP2", "zero3": "DeepSpeed ZeRO-3"}
+ENGINE_NAMES = {
+    "ddp": "DDP",
+    "fsdp2": "FSDP2, synchronous save",
+    "fsdp2_async": "FSDP2, background write",
+    "zero3": "DeepSpeed ZeRO-3",
+}
 
 
 @table("checkpoint_stall", "checkpoint_stall_cpu.json")
 def _checkpoint_stall(d):
-    rows = [header("engine | stall per checkpoint | checkpoint size | median step")]
+    rows = [header("engine | stall per checkpoint | checkpoint size | median step | steps during a write")]
     for engine, r in d["results"].items():
+        during = r["step_s_during_a_write_median"]
         rows.append(
             [
                 ENGINE_NAMES.get(engine, engine),
-                f"{r['stall_s']:.1f} s",
+                f"{r['stall_s']:.2f} s",
                 f"{r['checkpoint_mb'] / 1000:.1f} GB",
                 f"{r['step_s_median']:.1f} s",
+                f"{r['steps_during_a_write']} (median {during:.1f} s)" if during is not None else "0",
             ]
         )
     return rows
