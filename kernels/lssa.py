@@ -135,11 +135,12 @@ def lssa_naive(
     return_rows: bool = False,
 ):
     """Reference LSSA / LSSAR in fp32. Returns [B, H, Tq, D] in `q.dtype` (and `Rows` with `return_rows`)."""
-    weights, rows = lssa_weights(q, k, mask, reweight, power, causal, segment_ids, return_rows=True)
+    result = lssa_weights(q, k, mask, reweight, power, causal, segment_ids, return_rows)
+    weights = result[0] if return_rows else result
     if dropout > 0.0:
         weights = F.dropout(weights, p=dropout, training=training)
     out = (weights @ v.float()).to(q.dtype)
-    return (out, rows) if return_rows else out
+    return (out, result[1]) if return_rows else out
 
 
 def lssa_weights(
@@ -691,7 +692,7 @@ class LSSAFunction(torch.autograd.Function):
             stats[2] = stats[0]
         ctx.save_for_backward(q, k, v, out, n, mask_u8, segments, stats)
         ctx.power, ctx.flags = float(power), flags
-        m = stats[1].clone()  # its own tensor: `stats` is saved for the backward
+        m = stats[1]
         ctx.mark_non_differentiable(m)
         return out, m
 
