@@ -210,7 +210,7 @@ def plot(log_history: list[dict[str, Any]], path: str | Path) -> None:
                 points = [(e["step"], e[key]) for e in logged if key in e]
                 ax.plot(*_xy(points), label=key.split("/")[1])
             ax.set_yscale("log")
-        ax.set_ylabel(f"{panel} per block" if kind == "block" else panel)
+        ax.set_ylabel({"block": f"{panel} per block", "share": "LSSAR rows"}.get(kind, panel))
         ax.legend(fontsize="x-small", ncol=4)
     axes[-1, 0].set_xlabel("step")
     fig.tight_layout()
