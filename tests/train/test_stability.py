@@ -2,12 +2,18 @@
 those of the step before), counts and logs it, and stops the run after too many spikes in a row."""
 
 import json
+import os
+import socket
 from pathlib import Path
 
 import pytest
 import torch
+import torch.multiprocessing as mp
 from transformers import TrainerCallback
 
+from plait.kernels.lssa import Rows
+from plait.modeling.softplus_attention import DegenerateRowCounter
+from plait.train.diagnostics import _degenerate_shares
 from plait.train.errors import RunError
 from plait.train.recipe import RecipeError, load_recipe
 from plait.train.stability import SpikeRule
@@ -192,6 +198,33 @@ def test_lssa_logs_no_degenerate_rows(tmp_path):
     )
     entry = next(e for e in run(recipe(tmp_path, *overrides)).log_history if e.get("step") == 2)
     assert "grad_norm/block_0" in entry and not any(k.startswith("lssar/") for k in entry)
+
+
+def _shares_worker(rank, port, queue):
+    """Rank 0's first layer has 29 of 32 rows degenerate, every other layer and rank none."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        counters = [DegenerateRowCounter(), DegenerateRowCounter()]
+        for i, counter in enumerate(counters):
+            degenerate = torch.arange(32) >= 3 if (rank, i) == (0, 0) else torch.zeros(32, dtype=torch.bool)
+            counter.add(Rows(seen=torch.ones(32, dtype=torch.bool), degenerate=degenerate))
+        queue.put((rank, _degenerate_shares(counters)))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_degenerate_row_shares_are_summed_over_the_ranks():
+    """Two gloo processes log the same shares, of the rows of both: 29 of 4 × 32 overall, 29 of 2 × 32 in
+    the worst layer (rank 0 alone would say 29/64 and 29/32)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    queue = mp.get_context("spawn").Queue()
+    mp.start_processes(_shares_worker, args=(port, queue), nprocs=2, start_method="spawn")
+    shares = dict(queue.get(timeout=60) for _ in range(2))
+    expected = {"lssar/degenerate_rows": 29 / 128, "lssar/degenerate_rows_max": 29 / 64}
+    assert shares == {0: expected, 1: expected}
 
 
 def test_diagnostics_and_timeout_settings_name_the_field(tmp_path):
