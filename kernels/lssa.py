@@ -17,6 +17,10 @@ R is divided by its row maximum m_i = max_j ReLU(φ_ij − O_i) before the power
 the factor, so m_i carries no gradient). A row where no key is above O_i (all scores equal, m_i = 0) keeps
 the LSSA weights A instead of returning 0/0. Rows that see no key (N_i = 0) return zeros.
 
+Degenerate rows (an instability signal, logged by `plait.train.diagnostics`): with `return_rows=True` every
+entry point also returns `Rows`, which LSSAR rows had no key to select, from the row maxima m_i that both
+paths compute anyway (no second pass).
+
 - `lssa_naive(q, k, v, mask, reweight, power)`: plain PyTorch reference in fp32 (ground truth).
 - `LSSAFunction`: Triton kernels, no L×L matrix in memory. LSSA needs no running max (softplus of a score in
   [−c, c] cannot overflow): one pass accumulates Σ a·V and z = Σ a per query tile, z is saved. LSSAR takes two
@@ -41,6 +45,7 @@ L×L mask, and N_i is counted from the document starts/ends (`segment_counts`) w
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +53,29 @@ import torch.nn.functional as F
 from .backend import dot_precision, interpreting, require_triton, tl, triton, use_triton
 
 FIRST_ROWS_WITHOUT_OFFSET = 3  # LSSAR: O_i = 0 for rows that see at most this many keys
+DEGENERATE_MARGIN = 1e-3  # LSSAR rows with m_i at most this are counted as degenerate (see `Rows`)
+
+
+class Rows(NamedTuple):
+    """Which query rows of one call were degenerate, bool [B, H, Tq] each (`return_rows=True`).
+
+    `seen`: the rows of attention, those that see at least one key. `degenerate`: those among them whose
+    LSSAR re-weighting had no key to select, m_i = max_j ReLU(N_i·A_ij − O_i) <= `DEGENERATE_MARGIN`: no key
+    more than 0.1% above the row mean (a zero query, identical keys). The margin is there because the
+    fallback's own test, m_i <= 0, is decided by rounding on such rows: N equal weights sum to N·A_i only
+    within a few ulps, so some uniform rows keep m_i ~ 1e-7 (and re-weight to the same uniform row). Rows
+    with N_i <= 3 (O_i = 0, m_i >= 1) are never degenerate; without re-weighting (LSSA) no row is.
+    """
+
+    seen: torch.Tensor
+    degenerate: torch.Tensor
+
+
+def _rows(n: torch.Tensor, m: torch.Tensor | None) -> Rows:
+    """`Rows` from key counts N and row maxima m (None: no re-weighting ran), both [B, H, Tq]."""
+    seen = n > 0
+    degenerate = torch.zeros_like(seen) if m is None else seen & (m <= DEGENERATE_MARGIN)
+    return Rows(seen, degenerate)
 
 
 def visible_mask(mask: torch.Tensor | None, q_len: int, kv_len: int, device, causal: bool) -> torch.Tensor:
@@ -104,18 +132,29 @@ def lssa_naive(
     training: bool = False,
     causal: bool = True,
     segment_ids: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Reference LSSA / LSSAR in fp32. Returns [B, H, Tq, D] in `q.dtype`."""
-    weights = lssa_weights(q, k, mask, reweight, power, causal, segment_ids)
+    return_rows: bool = False,
+):
+    """Reference LSSA / LSSAR in fp32. Returns [B, H, Tq, D] in `q.dtype` (and `Rows` with `return_rows`)."""
+    result = lssa_weights(q, k, mask, reweight, power, causal, segment_ids, return_rows)
+    weights = result[0] if return_rows else result
     if dropout > 0.0:
         weights = F.dropout(weights, p=dropout, training=training)
-    return (weights @ v.float()).to(q.dtype)
+    out = (weights @ v.float()).to(q.dtype)
+    return (out, result[1]) if return_rows else out
 
 
 def lssa_weights(
-    q, k, mask=None, reweight: bool = False, power: float = 15.0, causal: bool = True, segment_ids=None
-) -> torch.Tensor:
-    """The attention matrix of LSSA / LSSAR, fp32 [B, H, Tq, Tk]: the reference's weights."""
+    q,
+    k,
+    mask=None,
+    reweight: bool = False,
+    power: float = 15.0,
+    causal: bool = True,
+    segment_ids=None,
+    return_rows: bool = False,
+):
+    """The attention matrix of LSSA / LSSAR, fp32 [B, H, Tq, Tk]: the reference's weights (and `Rows` with
+    `return_rows`)."""
     d, q_len, kv_len = q.shape[-1], q.shape[-2], k.shape[-2]
     if segment_ids is not None:
         mask = _only_one(mask, segment_mask(segment_ids, q_len, causal))
@@ -133,7 +172,10 @@ def lssa_weights(
         r = (t / torch.where(degenerate, 1.0, m)).pow(power)
         r = torch.where(degenerate, weights, r)
         weights = r / r.sum(-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
-    return weights
+    if not return_rows:
+        return weights
+    shape = weights.shape[:-1]
+    return weights, _rows(n[..., 0].expand(shape), m[..., 0] if reweight else None)
 
 
 def _only_one(mask, segment_mask_or_ids):
@@ -602,7 +644,8 @@ def _launch(head_dim: int, phase: str) -> tuple[tuple[int, int, int], dict]:
 
 class LSSAFunction(torch.autograd.Function):
     """Triton LSSA/LSSAR core on L2-normalised q, k: (q̂, k̂, v, counts N, mask or None, segment ids or None,
-    causal) -> out."""
+    causal) -> (out, m), m the LSSAR row maxima [B·H, Tq] of the forward's statistics (zeros for LSSA; not
+    differentiable)."""
 
     @staticmethod
     def forward(ctx, q, k, v, n, mask, segment_ids, reweight: bool, power: float, causal: bool):
@@ -649,10 +692,12 @@ class LSSAFunction(torch.autograd.Function):
             stats[2] = stats[0]
         ctx.save_for_backward(q, k, v, out, n, mask_u8, segments, stats)
         ctx.power, ctx.flags = float(power), flags
-        return out
+        m = stats[1]
+        ctx.mark_non_differentiable(m)
+        return out, m
 
     @staticmethod
-    def backward(ctx, dout):
+    def backward(ctx, dout, dm):
         q, k, v, out, n, mask_u8, segments, stats = ctx.saved_tensors
         batch, heads, q_len, head_dim = q.shape
         kv_len = k.shape[2]
@@ -719,7 +764,8 @@ def lssa_triton(
     power: float = 15.0,
     causal: bool = True,
     segment_ids: torch.Tensor | None = None,
-) -> torch.Tensor:
+    return_rows: bool = False,
+):
     """Triton LSSA/LSSAR, same contract as `lssa_naive`: normalises q, k in fp32, counts keys, runs it."""
     require_triton(q, "lssa_triton")
     batch, heads, q_len, _ = q.shape
@@ -738,7 +784,11 @@ def lssa_triton(
     n = counts.expand(batch, heads, q_len).reshape(batch * heads, q_len).contiguous()
     qn = F.normalize(q.float(), dim=-1).to(q.dtype)
     kn = F.normalize(k.float(), dim=-1).to(k.dtype)
-    return LSSAFunction.apply(qn, kn, v, n, mask, segment_ids, reweight, power, causal)
+    out, m = LSSAFunction.apply(qn, kn, v, n, mask, segment_ids, reweight, power, causal)
+    if not return_rows:
+        return out
+    shape = (batch, heads, q_len)
+    return out, _rows(n.view(shape), m.view(shape) if reweight else None)
 
 
 def softplus_attention(
@@ -752,15 +802,18 @@ def softplus_attention(
     training: bool = False,
     causal: bool = True,
     segment_ids: torch.Tensor | None = None,
-) -> torch.Tensor:
+    return_rows: bool = False,
+):
     """LSSA (`reweight=False`) or LSSAR: Triton kernels on CUDA, the PyTorch reference elsewhere (and when
-    attention dropout is active, which the kernels do not implement)."""
+    attention dropout is active, which the kernels do not implement). With `return_rows`: (out, `Rows`)."""
     if use_triton(q) and not (dropout > 0.0 and training):
-        return lssa_triton(q, k, v, mask, reweight, power, causal, segment_ids)
-    return lssa_naive(q, k, v, mask, reweight, power, dropout, training, causal, segment_ids)
+        return lssa_triton(q, k, v, mask, reweight, power, causal, segment_ids, return_rows)
+    return lssa_naive(q, k, v, mask, reweight, power, dropout, training, causal, segment_ids, return_rows)
 
 
 __all__ = [
+    "DEGENERATE_MARGIN",
+    "Rows",
     "lssa_naive",
     "lssa_weights",
     "lssa_triton",

@@ -10,6 +10,10 @@ count at decode time (also beyond the training length) and padding does not; in 
 formula.
 `lssar` re-weights with ReLU(N_i·A − O)^p, p = `config.lssar_power` (default 15, the paper's). The math,
 reference and Triton kernels live in `plait.kernels.lssa`.
+
+Degenerate rows (`plait.kernels.lssa.Rows`): `degenerate_row_counters(model)` puts a `DegenerateRowCounter`
+on each LSSAR attention module; while it is `recording` (the stability diagnostics switch it on for the
+forwards of a diagnostics step) the module adds up its degenerate rows and rows of attention, as tensors.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import torch.nn.functional as F
 from torch.nn.attention.flex_attention import BlockMask, create_mask
 from transformers.masking_utils import find_packed_sequence_indices
 
-from ..kernels.lssa import lssa_weights, softplus_attention
+from ..kernels.lssa import Rows, lssa_weights, softplus_attention
 from .attention import causal_mask_for_none, repeat_kv
 from .registry import ATTENTION_FUNCTIONS
 
@@ -67,6 +71,41 @@ def packed_segments(attention_mask, position_ids, q_len: int, kv_len: int) -> to
     return find_packed_sequence_indices(position_ids)
 
 
+class DegenerateRowCounter:
+    """LSSAR's degenerate rows of one attention module, summed over the training forwards while `recording`
+    (the forwards of one optimizer step: several under gradient accumulation). Off by default: then the
+    forward does nothing extra. The sums stay 0-dim tensors on the model's device, so the forward never
+    waits for the device; `take()` hands them over and starts again."""
+
+    def __init__(self):
+        self.recording = False
+        self.degenerate: torch.Tensor | None = None
+        self.rows: torch.Tensor | None = None
+
+    def add(self, rows: Rows) -> None:
+        degenerate, seen = rows.degenerate.sum(), rows.seen.sum()
+        if self.rows is None:
+            self.degenerate, self.rows = degenerate, seen
+        else:
+            self.degenerate, self.rows = self.degenerate + degenerate, self.rows + seen
+
+    def take(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(degenerate rows, rows) since the last call, or None when no forward was counted."""
+        counts = None if self.rows is None else (self.degenerate, self.rows)
+        self.degenerate = self.rows = None
+        return counts
+
+
+def degenerate_row_counters(model: torch.nn.Module) -> list[DegenerateRowCounter]:
+    """The counter of each LSSAR attention module of `model`, in module order (put on at the first call);
+    empty when no layer re-weights."""
+    modules = [m for m in model.modules() if getattr(m, "core", None) is lssar_attention]
+    for module in modules:
+        if not hasattr(module, "degenerate_rows"):
+            module.degenerate_rows = DegenerateRowCounter()
+    return [m.degenerate_rows for m in modules]
+
+
 def _core(module, q, k, v, attention_mask, position_ids, reweight, dropout, output_attentions, causal):
     groups = module.num_key_value_groups
     k, v = repeat_kv(k, groups), repeat_kv(v, groups)
@@ -75,8 +114,10 @@ def _core(module, q, k, v, attention_mask, position_ids, reweight, dropout, outp
         mask, segments = None, segments.expand(q.shape[0], -1)
     else:
         mask = bool_attention_mask(attention_mask, q.shape[2], k.shape[2], q.device, causal)
+    counter = getattr(module, "degenerate_rows", None)
+    record = counter is not None and counter.recording and module.training
     if output_attentions:  # the fused kernels never hold the weights: compute them with the reference
-        weights = lssa_weights(
+        result = lssa_weights(
             q,
             k,
             mask,
@@ -84,23 +125,29 @@ def _core(module, q, k, v, attention_mask, position_ids, reweight, dropout, outp
             power=module.config.lssar_power,
             causal=causal,
             segment_ids=segments,
+            return_rows=record,
         )
-        weights = F.dropout(weights, p=dropout, training=module.training)
+        weights = F.dropout(result[0] if record else result, p=dropout, training=module.training)
         out = (weights @ v.float()).to(q.dtype)
-        return out.transpose(1, 2).contiguous(), weights.to(q.dtype)
-    out = softplus_attention(
-        q,
-        k,
-        v,
-        mask,
-        causal=causal,
-        reweight=reweight,
-        power=module.config.lssar_power,
-        dropout=dropout,
-        training=module.training,
-        segment_ids=segments,
-    )
-    return out.transpose(1, 2).contiguous(), None
+        weights = weights.to(q.dtype)
+    else:
+        result = softplus_attention(
+            q,
+            k,
+            v,
+            mask,
+            causal=causal,
+            reweight=reweight,
+            power=module.config.lssar_power,
+            dropout=dropout,
+            training=module.training,
+            segment_ids=segments,
+            return_rows=record,
+        )
+        out, weights = result[0] if record else result, None
+    if record:
+        counter.add(result[1])
+    return out.transpose(1, 2).contiguous(), weights
 
 
 @ATTENTION_FUNCTIONS.register("lssa")
@@ -148,7 +195,9 @@ def lssar_attention(
 
 __all__ = [
     "DOCUMENT_AWARE_ATTENTIONS",
+    "DegenerateRowCounter",
     "bool_attention_mask",
+    "degenerate_row_counters",
     "lssa_attention",
     "lssar_attention",
     "packed_segments",

@@ -239,3 +239,37 @@ def test_segments_and_a_mask_are_exclusive(device):
     segments = torch.zeros(1, 4, dtype=torch.long, device=device)
     with pytest.raises(ValueError, match="either a dense mask or segment_ids"):
         lssa_triton(q, q, q, torch.ones(1, 1, 4, 4, dtype=torch.bool, device=device), segment_ids=segments)
+
+
+@pytest.mark.parametrize("visibility", ["mask", "causal", "segments"])
+def test_triton_reports_the_reference_degenerate_rows(visibility, device):
+    """LSSAR's degenerate rows (`return_rows`) from the Triton path's row maxima equal the reference's, and
+    are exactly the planted ones: rows with N_i > 3 whose query is zero (head 0, rows 20..23) or which see
+    only the eight identical keys 0..7. Rows that see no key are no rows of attention (dense mask: the
+    second sequence is left-padded by 3 keys, and row 30 of the first is masked out)."""
+    torch.manual_seed(0)
+    batch, heads, length, d = 2, 2, 37, 16
+    q, k, v = (torch.randn(batch, heads, length, d, device=device) for _ in range(3))
+    q[:, 0, 20:24] = 0.0
+    k[:, :, :8] = torch.randn(d, device=device)
+    kwargs, visible = {}, torch.ones(length, length, dtype=torch.bool, device=device).tril()[None, None]
+    if visibility == "mask":
+        visible = _padded_mask(batch, length, length, device)
+        visible[0, :, 30] = False
+        kwargs["mask"] = visible
+    elif visibility == "segments":
+        kwargs["segment_ids"] = _segments([[1, 17, 9, 10], [30, 7]], device)
+        visible = segment_mask(kwargs["segment_ids"], length, causal=True)
+    n = visible.sum(-1).expand(batch, heads, length)
+    only_planted = (visible & (torch.arange(length, device=device) >= 8)).sum(-1) == 0
+    zero_query = torch.zeros(batch, heads, length, dtype=torch.bool, device=device)
+    zero_query[:, 0, 20:24] = True
+    expected = (n > 3) & (zero_query | only_planted)
+    assert 0 < int(expected.sum()) < int((n > 0).sum())
+    for fn in (lssa_naive, lssa_triton):
+        out, rows = fn(q, k, v, reweight=True, return_rows=True, **kwargs)
+        torch.testing.assert_close(out, fn(q, k, v, reweight=True, **kwargs), rtol=0, atol=0)
+        assert torch.equal(rows.seen, n > 0), fn.__name__
+        assert torch.equal(rows.degenerate, expected), fn.__name__
+    _, rows = lssa_triton(q, k, v, return_rows=True, **kwargs)
+    assert torch.equal(rows.seen, n > 0) and not rows.degenerate.any()  # LSSA does not re-weight

@@ -5,7 +5,7 @@ import torch
 from transformers.cache_utils import DynamicCache
 
 from plait.modeling import PlaitConfig, PlaitForCausalLM
-from plait.modeling.softplus_attention import bool_attention_mask
+from plait.modeling.softplus_attention import bool_attention_mask, degenerate_row_counters
 
 TINY = dict(
     vocab_size=128,
@@ -117,3 +117,29 @@ def test_half_precision_model_with_large_activations_stays_finite(dtype):
     assert torch.isfinite(loss)
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_lssar_counts_degenerate_rows_of_training_forwards_while_recording():
+    """Each LSSAR layer sums its degenerate rows and rows of attention over the training forwards while its
+    counter records, and counts nothing otherwise; zero queries (layer 0) leave every row with N_i > 3 with
+    equal scores, so 12 - 3 of the 12 rows of each sequence and head are degenerate."""
+    assert degenerate_row_counters(make_model("lssa")) == []
+    model = make_model("lssar").train()
+    counters = degenerate_row_counters(model)
+    assert len(counters) == 2 and degenerate_row_counters(model) == counters
+    with torch.no_grad():
+        model.model.layers[0].mixer.q_proj.weight.zero_()
+    ids = torch.randint(0, 128, (2, 12))
+    model(input_ids=ids)
+    assert [c.take() for c in counters] == [None, None]  # not recording
+    for counter in counters:
+        counter.recording = True
+    model(input_ids=ids)
+    model(input_ids=ids)  # a second forward of the step (gradient accumulation)
+    with torch.no_grad():
+        model.eval()(input_ids=ids)  # not a training forward
+    (zeroed, rows_0), (ordinary, rows_1) = (c.take() for c in counters)
+    rows = 2 * 2 * 4 * 12  # forwards × batch × heads × rows
+    assert (int(zeroed), int(rows_0)) == (2 * 2 * 4 * 9, rows)
+    assert (int(ordinary), int(rows_1)) == (0, rows)
+    assert [c.take() for c in counters] == [None, None]  # taken

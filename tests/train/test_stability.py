@@ -2,18 +2,25 @@
 those of the step before), counts and logs it, and stops the run after too many spikes in a row."""
 
 import json
+import os
+import socket
 from pathlib import Path
 
 import pytest
 import torch
+import torch.multiprocessing as mp
 from transformers import TrainerCallback
 
+from plait.kernels.lssa import Rows
+from plait.modeling.softplus_attention import DegenerateRowCounter
+from plait.train.diagnostics import _degenerate_shares
 from plait.train.errors import RunError
 from plait.train.recipe import RecipeError, load_recipe
 from plait.train.stability import SpikeRule
 from plait.train.trainer import run
 
 SPIKE_AT = 6
+LSSAR = "model.config.attention=lssar"
 
 
 def recipe(output_dir: Path, *overrides: str):
@@ -140,6 +147,84 @@ def test_diagnostics_are_logged_and_plotted(tmp_path):
     assert logged[SPIKE_AT]["update_ratio/block_0"] == 0.0  # the skipped step changed nothing
     png = (tmp_path / "diagnostics.png").read_bytes()
     assert png.startswith(b"\x89PNG")
+
+
+def png_height(path: Path) -> int:
+    return int.from_bytes(path.read_bytes()[20:24], "big")  # the IHDR chunk: width, then height
+
+
+def test_lssar_degenerate_rows_are_logged_and_plotted(tmp_path):
+    """LSSAR on packed documents: every second step logs the share of degenerate rows and the worst layer's
+    share, in [0, 1]; diagnostics.png gets a sixth panel for them (2.4 inches at 100 dpi each)."""
+    run(recipe(tmp_path, "logging.every=1", "logging.diagnostics_every=2", "train.max_steps=4", LSSAR))
+    logged = {e["step"]: e for e in json.loads((tmp_path / "log_history.json").read_text()) if "loss" in e}
+    for step in (2, 4):
+        assert 0 <= logged[step]["lssar/degenerate_rows"] <= logged[step]["lssar/degenerate_rows_max"] <= 1
+    assert "lssar/degenerate_rows" not in logged[3]
+    assert png_height(tmp_path / "diagnostics.png") == 6 * 240
+
+
+class ZeroQueries(TrainerCallback):
+    """Forces the queries of the first attention layer to zero: all its scores are equal."""
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        model.model.layers[0].mixer.q_proj.register_forward_hook(lambda module, i, out: torch.zeros_like(out))
+
+
+def test_zero_queries_make_every_row_past_the_third_degenerate(tmp_path):
+    """Unpacked 32-token blocks, 2 forwards a step: in the layer with zero queries the 29 rows with N_i > 3
+    of each 32 are degenerate (the first three have O_i = 0), in the other layer none, so the share is 29/64
+    and the worst layer's 29/32."""
+    overrides = (
+        "logging.diagnostics_every=2",
+        "train.max_steps=2",
+        "optim.warmup_steps=1",
+        "train.grad_accum=2",
+    )
+    result = run(
+        recipe(tmp_path, *overrides, "data.document_masking=false", LSSAR), callbacks=[ZeroQueries()]
+    )
+    entry = next(e for e in result.log_history if e.get("step") == 2 and "loss" in e)
+    assert (entry["lssar/degenerate_rows"], entry["lssar/degenerate_rows_max"]) == (29 / 64, 29 / 32)
+
+
+def test_lssa_logs_no_degenerate_rows(tmp_path):
+    """LSSA does not re-weight: no row can be degenerate, nothing is logged."""
+    overrides = (
+        "logging.diagnostics_every=2",
+        "train.max_steps=2",
+        "optim.warmup_steps=1",
+        "model.config.attention=lssa",
+    )
+    entry = next(e for e in run(recipe(tmp_path, *overrides)).log_history if e.get("step") == 2)
+    assert "grad_norm/block_0" in entry and not any(k.startswith("lssar/") for k in entry)
+
+
+def _shares_worker(rank, port, queue):
+    """Rank 0's first layer has 29 of 32 rows degenerate, every other layer and rank none."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        counters = [DegenerateRowCounter(), DegenerateRowCounter()]
+        for i, counter in enumerate(counters):
+            degenerate = torch.arange(32) >= 3 if (rank, i) == (0, 0) else torch.zeros(32, dtype=torch.bool)
+            counter.add(Rows(seen=torch.ones(32, dtype=torch.bool), degenerate=degenerate))
+        queue.put((rank, _degenerate_shares(counters)))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_degenerate_row_shares_are_summed_over_the_ranks():
+    """Two gloo processes log the same shares, of the rows of both: 29 of 4 × 32 overall, 29 of 2 × 32 in
+    the worst layer (rank 0 alone would say 29/64 and 29/32)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    queue = mp.get_context("spawn").Queue()
+    mp.start_processes(_shares_worker, args=(port, queue), nprocs=2, start_method="spawn")
+    shares = dict(queue.get(timeout=60) for _ in range(2))
+    expected = {"lssar/degenerate_rows": 29 / 128, "lssar/degenerate_rows_max": 29 / 64}
+    assert shares == {0: expected, 1: expected}
 
 
 def test_diagnostics_and_timeout_settings_name_the_field(tmp_path):
