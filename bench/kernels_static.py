@@ -273,13 +273,25 @@ def _programs_per_sm(registers: int, warps: int, shared: int, target_name: str) 
 
 
 def launch_key(launch: Launch) -> str:
-    """Hash of the kernel's source with the jit functions it calls (Triton's cache key without its line
-    number, so edits elsewhere in the file do not count) and of the launch: what decides the binary."""
-    kernel = launch.kernel
-    source = kernel.cache_key.removesuffix(str(kernel.starting_line_number))
+    """Hash of the kernel's source with the jit functions it calls and of the launch: what decides the
+    binary. Triton's own cache key also holds each function's line number, so moving code (an edit elsewhere
+    in the file) would count as a change; this key leaves line numbers out."""
     args = [str(a.dtype) if isinstance(a, torch.Tensor) else _arg_kind(a) for a in launch.args]
-    text = json.dumps([source, args, sorted((k, _plain(v)) for k, v in launch.kwargs.items())])
+    text = json.dumps(
+        [_sources(launch.kernel), args, sorted((k, _plain(v)) for k, v in launch.kwargs.items())]
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _sources(fn: JITFunction, seen: set[str] | None = None) -> list[str]:
+    """The source of `fn` and, depth first, of each jit function of its module that it names."""
+    seen = {fn.__name__} if seen is None else seen
+    found = [fn.src]
+    for name, value in sorted(fn.__globals__.items()):
+        if isinstance(value, JITFunction) and name not in seen and re.search(rf"\b{name}\b", fn.src):
+            seen.add(name)
+            found += _sources(value, seen)
+    return found
 
 
 def _arg_kind(value):

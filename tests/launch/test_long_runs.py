@@ -248,13 +248,13 @@ from torch.distributed.checkpoint import filesystem
 from transformers import TrainerCallback
 from plait.train import cli, trainer
 
-# SLOW_WRITES="<step>:<seconds or 'full'>,...": the background write of checkpoint-<step> first sleeps that
-# long, or fails as on a full disk
+# SLOW_WRITES="<step or *>:<seconds or 'full'>,...": the background write of checkpoint-<step> (of every
+# checkpoint: *) first sleeps that long, or fails as on a full disk
 SLOW = dict(pair.split(":") for pair in os.environ["SLOW_WRITES"].split(","))
 write = filesystem._FileSystemWriter.write_data
 
 def slow_write(self, plan, planner):
-    delay = SLOW.get(Path(self.path).parent.name.split("-")[-1], "0")
+    delay = SLOW.get(Path(self.path).parent.name.split("-")[-1], SLOW.get("*", "0"))
     if delay == "full":
         raise OSError(28, "No space left on device")
     time.sleep(float(delay))
@@ -334,6 +334,26 @@ def test_fsdp2_killed_during_a_background_write_keeps_the_previous_checkpoint(fs
     assert not (out / ".staging" / "checkpoint-6" / "pytorch_model_fsdp_0" / ".metadata").exists()
     proc = launch(recipe, engine="fsdp")
     assert f"resuming from {out / 'checkpoint-3'}" in proc.stdout
+    assert losses(out) == losses(reference)
+
+
+def test_fsdp2_preempted_run_waits_for_its_background_write_and_resumes_exactly(fsdp2_background, tmp_path):
+    """SIGTERM under FSDP2, each checkpoint's write slowed by 3 s: the stop checkpoints its step in the
+    background and the processes exit with the requeue code only once it is complete and in place; the
+    relaunched run repeats the uninterrupted losses."""
+    _, reference, _ = fsdp2_background
+    recipe, out = fsdp2_recipe(tmp_path)
+    command, env = slow_writes(launch_command(recipe, engine="fsdp"), tmp_path, "*:3")
+    code, output = interrupt(command, "'loss'", signal.SIGTERM, 2, env)
+    assert re.search(rf"exitcode\s*:\s*{REQUEUE_EXIT_CODE}", output), output[-3000:]
+    stopped = re.search(r"SIGTERM received: stopped after step (\d+)", output)
+    assert stopped, output[-3000:]
+    step = int(stopped.group(1))
+    assert 1 <= step < MAX_STEPS
+    assert (out / f"checkpoint-{step}" / "optimizer_0" / ".metadata").exists()
+    assert not (out / ".staging").exists()
+    proc = launch(recipe, engine="fsdp")
+    assert f"resuming from {out / f'checkpoint-{step}'}" in proc.stdout
     assert losses(out) == losses(reference)
 
 

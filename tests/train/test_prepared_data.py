@@ -283,12 +283,7 @@ def _recipe(out: Path, sources: list[Path], micro_batch: int = 2, **extra) -> di
     return recipe
 
 
-def test_two_processes_resumed_as_one_repeat_the_uninterrupted_losses(two_sources, tmp_path):
-    """2 gloo processes x micro-batch 2 train a mixture; resumed from step 2 as 1 process x micro-batch 4
-    (the same global batch) steps 3 and 4 repeat the uninterrupted losses."""
-    out = tmp_path / "run"
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump(_recipe(out, list(two_sources))))
+def _launch_two_processes(recipe: Path) -> None:
     cmd = [
         sys.executable,
         "-m",
@@ -300,6 +295,15 @@ def test_two_processes_resumed_as_one_repeat_the_uninterrupted_losses(two_source
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+
+
+def test_two_processes_resumed_as_one_repeat_the_uninterrupted_losses(two_sources, tmp_path):
+    """2 gloo processes x micro-batch 2 train a mixture; resumed from step 2 as 1 process x micro-batch 4
+    (the same global batch) steps 3 and 4 repeat the uninterrupted losses."""
+    out = tmp_path / "run"
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(_recipe(out, list(two_sources))))
+    _launch_two_processes(recipe)
     history = json.loads((out / "log_history.json").read_text())
     uninterrupted = losses(history)
     assert sorted(uninterrupted) == [1, 2, 3, 4]
@@ -310,6 +314,21 @@ def test_two_processes_resumed_as_one_repeat_the_uninterrupted_losses(two_source
     resumed = run(recipe_from_dict(_recipe(out, list(two_sources), micro_batch=4)))
     assert resumed.trainer.args.world_size == 1
     assert losses(resumed.log_history) == pytest.approx(uninterrupted, rel=1e-5, abs=1e-6)
+
+
+def test_one_process_resumed_as_two_repeats_the_uninterrupted_losses(two_sources, tmp_path):
+    """The other way: 1 process x micro-batch 4, resumed from step 2 as 2 gloo processes x micro-batch 2
+    (each rank reads its half of every global batch), repeats the uninterrupted losses of steps 3 and 4."""
+    out = tmp_path / "run"
+    uninterrupted = losses(run(recipe_from_dict(_recipe(out, list(two_sources), micro_batch=4))).log_history)
+    assert sorted(uninterrupted) == [1, 2, 3, 4]
+    shutil.rmtree(out / "checkpoint-4")
+    shutil.rmtree(out / "final")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(_recipe(out, list(two_sources))))
+    _launch_two_processes(recipe)
+    resumed = losses(json.loads((out / "log_history.json").read_text()))
+    assert resumed == pytest.approx(uninterrupted, rel=1e-5, abs=1e-6)
 
 
 def test_a_text_source_is_prepared_once_into_the_cache_and_reused(tokenizer_dir, tmp_path):
