@@ -1,6 +1,8 @@
 """Atomic checkpoints for `Trainer`: each checkpoint is written under `<output_dir>/.staging/` and renamed to
 `<output_dir>/checkpoint-<step>` only once every rank has finished writing, so a crash during a save never
-leaves a partial `checkpoint-*` behind (the previous one stays the latest); then keep-last-K rotation."""
+leaves a partial `checkpoint-*` behind (the previous one stays the latest); then keep-last-K rotation. FSDP2
+shards may be written in the background (`plait.train.async_checkpoint`): that checkpoint is renamed into place
+once the write is complete."""
 
 from __future__ import annotations
 
@@ -54,9 +56,7 @@ class AtomicCheckpoints:
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         if self.background is None:
             return super()._save_optimizer_and_scheduler(output_dir)
-        self.background.start(
-            self.model, self.optimizer, output_dir
-        )  # the model's shards and the optimizer's
+        self.background.start(self.model, self.optimizer, output_dir)  # the model's and optimizer's shards
         if self.args.should_save:
             torch.save(self.lr_scheduler.state_dict(), os.path.join(output_dir, SCHEDULER_NAME))
 
