@@ -1,8 +1,8 @@
 """Atomic checkpoints for `Trainer`: each checkpoint is written under `<output_dir>/.staging/` and renamed to
 `<output_dir>/checkpoint-<step>` only once every rank has finished writing, so a crash during a save never
 leaves a partial `checkpoint-*` behind (the previous one stays the latest); then keep-last-K rotation. FSDP2
-shards may be written in the background (`plait.train.async_checkpoint`): that checkpoint is renamed into place
-once the write is complete."""
+shards may be written in the background (`plait.train.async_checkpoint`): that checkpoint is renamed into
+place once the write is complete."""
 
 from __future__ import annotations
 
