@@ -8,7 +8,9 @@ number of processes with the same global batch, reads nothing it skips:
   weight's share, largest remainder: the shares hold exactly up to 1/BLOCK), in an order shuffled by
   (seed, block);
 - the k-th sample drawn from source s is window `perm(seed, s, epoch)[k mod n_s]` of its n_s windows, with
-  epoch = k div n_s: a source that runs out is read again in a new order, up to `max_repeats` times.
+  epoch = k div n_s: a source that runs out is read again in a new order, up to `max_repeats` times. The
+  permutation is evaluated index by index (`plait.train.permutation`): no per-window array, whatever the
+  size of the source.
 
 Mixing by samples is mixing by tokens: every sample is `seq_len` tokens. This is Megatron's `BlendedDataset`
 with a block-deterministic schedule (as Levanter's mixtures) instead of a precomputed index, so nothing
@@ -29,6 +31,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from .permutation import Permutation
 from .prepared import PreparedTokens
 from .recipe import RecipeError
 
@@ -105,9 +108,10 @@ class MixtureDataset(torch.utils.data.Dataset):
             rank[where] = np.arange(where.sum())
         return order, rank
 
-    @lru_cache(maxsize=8)  # noqa: B019
-    def _permutation(self, source: int, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, source, epoch]).permutation(self.windows[source])
+    @lru_cache(maxsize=64)  # noqa: B019
+    def _permutation(self, source: int, epoch: int) -> Permutation:
+        """The order of `source`'s windows in `epoch`, one index at a time (nothing materialised)."""
+        return Permutation(int(self.windows[source]), (self.seed, source, epoch))
 
     def _limit(self, source: int) -> int:
         """The first global sample that would read `source` beyond `max_repeats` epochs."""
@@ -136,7 +140,7 @@ class MixtureDataset(torch.utils.data.Dataset):
             logger.warning(
                 "data: source %s is being read again (repeat %d)", self.sources[source].name, epoch + 1
             )
-        return source, int(self._permutation(source, epoch)[k])
+        return source, self._permutation(source, epoch)(k)
 
     def tokens_consumed(self, samples: int) -> dict[str, int]:
         """Tokens each source has given in the first `samples` global samples (logged per source)."""
