@@ -25,6 +25,7 @@ num_proc = cores).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -280,6 +281,8 @@ def main() -> None:
     import tokenizers
     import transformers
 
+    if args.litdata_mb and importlib.util.find_spec("litdata") is None:
+        parser.error("--litdata-mb needs litdata installed (pip install litdata)")
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     tokenizer = work / "tokenizer"
