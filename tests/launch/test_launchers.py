@@ -20,6 +20,7 @@ import yaml
 from safetensors.torch import load_file
 from tiny_model import tiny_model_config, tiny_text_data
 from transformers import AutoModelForCausalLM
+from two_processes import CPU_ENV, launch, launch_command, shipped_config
 
 import plait.modeling  # noqa: F401  (registers Plait with the Auto classes)
 from plait.train.recipe import recipe_from_dict
@@ -43,7 +44,7 @@ def tiny_recipe(output_dir: Path) -> dict:
 def _accelerate_config(engine: str, recipe: Path) -> Path:
     """The shipped config of `engine`; ZeRO-1 is zero2.yaml with zero1.json (written beside the recipe)."""
     if engine != "zero1":
-        return ROOT / "launch/accelerate" / f"{engine}.yaml"
+        return shipped_config(engine)
     config = yaml.safe_load((ROOT / "launch/accelerate/zero2.yaml").read_text())
     config["deepspeed_config"]["deepspeed_config_file"] = str(ROOT / "launch/deepspeed/zero1.json")
     path = recipe.parent / "zero1.yaml"
@@ -52,24 +53,7 @@ def _accelerate_config(engine: str, recipe: Path) -> Path:
 
 
 def _launch(engine: str, recipe: Path) -> subprocess.CompletedProcess:
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(_accelerate_config(engine, recipe)),
-        "--num_processes",
-        "2",
-        "--main_process_port",
-        "0",
-        "-m",
-        "plait.train",
-        str(recipe),
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    return proc
+    return launch(_accelerate_config(engine, recipe), recipe)
 
 
 def _losses(out: Path) -> dict[int, float]:
@@ -191,17 +175,9 @@ def test_killing_the_launcher_ends_its_workers(tmp_path):
     long_run["checkpoint"]["every"] = 0
     long_run["data"]["max_repeats"] = 100_000  # 6 documents read over and over until killed
     recipe.write_text(yaml.safe_dump(long_run))
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(ROOT / "launch/accelerate/ddp.yaml"),
-    ]
-    cmd += ["--num_processes", "2", "--main_process_port", "0", "-m", "plait.train", str(recipe)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONUNBUFFERED": "1"}
+    env = {**CPU_ENV, "PYTHONUNBUFFERED": "1"}
     launcher = subprocess.Popen(
-        cmd,
+        launch_command(shipped_config("ddp"), recipe),
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,

@@ -11,17 +11,18 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+import two_processes
 import yaml
 from tiny_model import tiny_model_config, tiny_text_data
+from two_processes import CPU_ENV, shipped_config
 
 from plait.train.preemption import REQUEUE_EXIT_CODE
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = two_processes.ROOT
 MAX_STEPS = 8
 
 
@@ -42,28 +43,11 @@ def tiny_recipe(output_dir: Path) -> dict:
 
 
 def launch_command(recipe: Path, restarts: int = 0, engine: str = "ddp") -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(ROOT / "launch/accelerate" / f"{engine}.yaml"),
-        "--num_processes",
-        "2",
-        "--main_process_port",
-        "0",
-        "--max_restarts",
-        str(restarts),
-        "-m",
-        "plait.train",
-        str(recipe),
-    ]
+    return two_processes.launch_command(shipped_config(engine), recipe, "--max_restarts", str(restarts))
 
 
 ENV = {
-    **os.environ,
-    "OMP_NUM_THREADS": "1",
-    "CUDA_VISIBLE_DEVICES": "",
+    **CPU_ENV,
     "PYTHONUNBUFFERED": "1",
     "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "60",
 }
@@ -77,16 +61,7 @@ def write_recipe(tmp_path: Path, name: str) -> tuple[Path, Path]:
 
 
 def launch(recipe: Path, restarts: int = 0, engine: str = "ddp") -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        launch_command(recipe, restarts, engine),
-        cwd=ROOT,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    return proc
+    return two_processes.launch(shipped_config(engine), recipe, "--max_restarts", str(restarts), env=ENV)
 
 
 def losses(out: Path) -> dict[int, float]:

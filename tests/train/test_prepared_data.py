@@ -5,8 +5,6 @@ import json
 import multiprocessing
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +12,7 @@ import pytest
 import yaml
 from tiny_model import tiny_model_config
 from transformers import AutoTokenizer
+from two_processes import launch, shipped_config
 
 import plait.train.prepare as prepare_module
 from plait.train.data import pack_documents
@@ -25,7 +24,6 @@ from plait.train.recipe import DataRecipe, RecipeError, recipe_from_dict
 from plait.train.tokenizer import train_bpe_tokenizer
 from plait.train.trainer import losses, run
 
-ROOT = Path(__file__).resolve().parents[2]
 TEXTS = [f"document {i}: " + " ".join(f"w{(i * j) % 97}" for j in range(i % 40)) for i in range(400)]
 
 
@@ -283,27 +281,13 @@ def _recipe(out: Path, sources: list[Path], micro_batch: int = 2, **extra) -> di
     return recipe
 
 
-def _launch_two_processes(recipe: Path) -> None:
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(ROOT / "launch/accelerate/ddp.yaml"),
-    ]
-    cmd += ["--num_processes", "2", "--main_process_port", "0", "-m", "plait.train", str(recipe)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-
-
 def test_two_processes_resumed_as_one_repeat_the_uninterrupted_losses(two_sources, tmp_path):
     """2 gloo processes x micro-batch 2 train a mixture; resumed from step 2 as 1 process x micro-batch 4
     (the same global batch) steps 3 and 4 repeat the uninterrupted losses."""
     out = tmp_path / "run"
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump(_recipe(out, list(two_sources))))
-    _launch_two_processes(recipe)
+    launch(shipped_config("ddp"), recipe)
     history = json.loads((out / "log_history.json").read_text())
     uninterrupted = losses(history)
     assert sorted(uninterrupted) == [1, 2, 3, 4]
@@ -326,7 +310,7 @@ def test_one_process_resumed_as_two_repeats_the_uninterrupted_losses(two_sources
     shutil.rmtree(out / "final")
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump(_recipe(out, list(two_sources))))
-    _launch_two_processes(recipe)
+    launch(shipped_config("ddp"), recipe)
     resumed = losses(json.loads((out / "log_history.json").read_text()))
     assert resumed == pytest.approx(uninterrupted, rel=1e-5, abs=1e-6)
 
